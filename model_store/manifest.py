@@ -1,0 +1,150 @@
+"""The manifest schema of a store entry (SPEC §4), validated on every load."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+CONFIGS = ("A", "A-LRN", "B", "C", "D", "E")
+WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ConfigName = Literal["A", "A-LRN", "B", "C", "D", "E"]
+
+
+def validate_name(name: str) -> str:
+    """A store name is one path component: letters, digits, '.', '_', '-', no leading dot."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocessing(_Strict):
+    """How pixels become network input: ``(pixel * scale - mean) / std`` in ``color_order``."""
+
+    color_order: Literal["RGB", "BGR"] = "RGB"
+    scale: float = Field(1.0, gt=0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in std):
+            raise ValueError("std values must be positive")
+        return std
+
+
+class TrainScale(_Strict):
+    """The training scale S: fixed when ``min == max``, jittered in [min, max] otherwise."""
+
+    min: int = Field(ge=224)
+    max: int = Field(ge=224)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainScale:
+        if self.max < self.min:
+            raise ValueError(f"train_scale max {self.max} < min {self.min}")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.min == self.max
+
+    def default_test_scales(self) -> list[int]:
+        """Paper §4.2: {S-32, S, S+32} for fixed S, {S_min, mid, S_max} for jittered S."""
+        if self.fixed:
+            return [max(224, self.min - 32), self.min, self.min + 32]
+        return [self.min, (self.min + self.max) // 2, self.max]
+
+    def single_test_scale(self) -> int:
+        """Paper §4.1: Q = S for fixed S, Q = (S_min + S_max) / 2 for jittered S."""
+        return (self.min + self.max) // 2
+
+
+class OnnxInfo(_Strict):
+    file: str = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int = Field(ge=7)
+    input: str = "image"
+    output: str = "scores"
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file(cls, file: str) -> str:
+        if "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise ValueError(f"onnx.file must be a plain file name inside the entry, got {file!r}")
+        return file
+
+
+class Provenance(_Strict):
+    source: str
+    checkpoint_sha256: str | None = None
+    created: datetime
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(_Strict):
+    schema_version: int
+    name: str
+    config: ConfigName
+    weight_layers: int = Field(ge=11, le=19)
+    parameters: int = Field(gt=0)
+    num_classes: int = Field(ge=1)
+    labels: list[str]
+    preprocessing: Preprocessing
+    train_scale: TrainScale
+    test_scales: list[int] = Field(min_length=1)
+    crop_size: Literal[224] = 224
+    onnx: OnnxInfo
+    provenance: Provenance
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"unknown schema_version {version}; this verydeep reads schema_version "
+                f"{SCHEMA_VERSION} only"
+            )
+        return version
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return validate_name(name)
+
+    @field_validator("test_scales")
+    @classmethod
+    def _scales_at_least_crop(cls, scales: list[int]) -> list[int]:
+        if any(q < 224 for q in scales):
+            raise ValueError(f"test_scales must all be >= 224, got {scales}")
+        return scales
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if len(self.labels) != self.num_classes:
+            raise ValueError(
+                f"labels has {len(self.labels)} entries but num_classes is {self.num_classes}"
+            )
+        if self.weight_layers != WEIGHT_LAYERS[self.config]:
+            raise ValueError(
+                f"config {self.config} has {WEIGHT_LAYERS[self.config]} weight layers, "
+                f"not {self.weight_layers}"
+            )
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """Every field but the labels, as JSON-ready values (what GET /models lists)."""
+        return self.model_dump(mode="json", exclude={"labels"})

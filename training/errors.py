@@ -1,0 +1,5 @@
+"""Errors the command line reports as a one-line message (exit code 2), not a traceback."""
+
+
+class UserFacingError(Exception):
+    pass

@@ -1,0 +1,1 @@
+"""The ``verydeep`` command: one entry point that dispatches to the service and training wings."""
