@@ -142,8 +142,10 @@ class ModelStore:
             raise StoreError(f"{path} must hold an object of ensemble name -> list of models")
         result: dict[str, list[str]] = {}
         for name, members in raw.items():
-            if not isinstance(members, list) or not members or not all(
-                isinstance(m, str) for m in members
+            if (
+                not isinstance(members, list)
+                or not members
+                or not all(isinstance(m, str) for m in members)
             ):
                 raise StoreError(f"{path}: ensemble {name!r} must be a non-empty list of names")
             try:
@@ -155,7 +157,9 @@ class ModelStore:
             result[name] = list(members)
         return result
 
-    def write(self, manifest: Manifest, onnx_file: str | Path, *, overwrite: bool = False) -> StoreEntry:
+    def write(
+        self, manifest: Manifest, onnx_file: str | Path, *, overwrite: bool = False
+    ) -> StoreEntry:
         """Write an entry atomically: everything goes to a hidden temporary directory first,
         is checked, then renamed into place. A failure leaves no entry behind."""
         name = manifest.name
@@ -171,7 +175,8 @@ class ModelStore:
             actual = sha256_file(target)
             if actual != manifest.onnx.sha256:
                 raise EntryError(
-                    name, f"ONNX file sha256 {actual} does not match manifest {manifest.onnx.sha256}"
+                    name,
+                    f"ONNX file sha256 {actual} does not match manifest {manifest.onnx.sha256}",
                 )
             _write_json(tmp / MANIFEST_FILE, manifest.model_dump(mode="json"))
             _fsync_path(target)

@@ -108,5 +108,3 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError, ValidationError) as err:
         raise CheckpointError(f"{path}: malformed checkpoint: {err}") from None
-
-

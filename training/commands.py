@@ -48,7 +48,8 @@ def _scales(text: str) -> list[int]:
     try:
         scales = [int(q) for q in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+        msg = f"not a comma-separated list of integers: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if any(q < 224 for q in scales):
         raise argparse.ArgumentTypeError("every test scale must be >= 224")
     return scales

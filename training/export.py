@@ -82,7 +82,10 @@ def export_onnx(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N", 2: "H", 3: "W"}, OUTPUT_NAME: {0: "N", 2: "h", 3: "w"}},
+            dynamic_axes={
+                INPUT_NAME: {0: "N", 2: "H", 3: "W"},
+                OUTPUT_NAME: {0: "N", 2: "h", 3: "w"},
+            },
         )
     try:
         onnx.checker.check_model(str(path), full_check=True)

@@ -150,4 +150,3 @@ def weight_layers(model: nn.Module) -> int:
 
 def conv_layers(model: nn.Module) -> list[nn.Conv2d]:
     return [m for m in model.features if isinstance(m, nn.Conv2d)]
-
