@@ -1,0 +1,72 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The store loads in a background thread (unless ``background_load`` is off), so /healthz answers
+at once while /readyz and /classify say 503 until every model is loaded and warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+
+from service.access_log import AccessLogMiddleware
+from service.errors import install_error_handlers
+from service.gate import WorkGate
+from service.metrics import Metrics
+from service.registry import Registry
+from service.routes import ServiceState, router
+from service.settings import Settings
+
+DESCRIPTION = """\
+VGG ConvNets (Simonyan & Zisserman, ICLR 2015) served with the paper's test protocol: dense
+evaluation of the fully-convolutional net over the whole image at several scales, flip averaging,
+optional 5x5 multi-crop, and ensembles. Errors are `{"error": {"code", "message"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
+    """The service for ``settings`` (default: from ``VERYDEEP_*`` variables). A ``registry``
+    that is already loaded is served as it is; otherwise it loads when the app starts."""
+    settings = settings or Settings()
+    registry = registry or Registry(settings)
+    metrics = Metrics()
+    state = ServiceState(settings=settings, registry=registry, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.background_load:
+            registry.load_in_background()
+        elif registry.state == "loading":
+            await asyncio.to_thread(registry.load)
+        state.gate = WorkGate(
+            max_concurrency=settings.max_concurrency,
+            max_queue=settings.max_queue,
+            queue_timeout=settings.queue_timeout,
+            request_timeout=settings.request_timeout,
+            retry_after=settings.retry_after,
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            state.gate.shutdown()
+            state.gate = None
+            await asyncio.to_thread(registry.stop)
+
+    app = FastAPI(title="verydeep", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.include_router(router)
+    return app
+
+
+def _version() -> str:
+    try:
+        return metadata.version("verydeep")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

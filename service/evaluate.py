@@ -1,0 +1,356 @@
+"""Offline evaluation (paper Tables 3-6): top-1 and top-5 error on a labelled image folder.
+
+Every image goes through the very functions ``POST /classify`` runs: ``imaging.decode`` with the
+service's limits, then ``protocol.model_posterior`` per model and method, and the ensemble as the
+mean of its members' posteriors. Each image is decoded once per run and its rescaled inputs are
+shared by every model; each model's views of one image at one scale are one batched call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from model_store import Manifest, ModelStore, StoreError
+from service.engine import Engine
+from service.imaging import ImageError, decode
+from service.protocol import METHODS, Method, ScaledImages, model_posterior
+from service.settings import Settings
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, so a folder reads as ImageFolder reads it.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+ClassMatch = Literal["name", "index"]
+ScaleChoice = Literal["default", "single"] | list[int]
+
+
+class EvaluationError(ValueError):
+    """The request cannot be evaluated as given; the message says why."""
+
+
+def parse_scales(text: str, max_scale: int) -> ScaleChoice:
+    """``--scales``: "default", "single" or a comma list of Q in [224, max_scale]."""
+    if text in ("default", "single"):
+        return text  # type: ignore[return-value]
+    try:
+        values = [int(q) for q in text.split(",")]
+    except ValueError:
+        raise EvaluationError(f"--scales: {text!r} is not 'single' or a list of integers") from None
+    bad = [q for q in values if not 224 <= q <= max_scale]
+    if bad:
+        raise EvaluationError(f"--scales: {bad} out of range; each Q must be in [224, {max_scale}]")
+    return values
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: int
+
+
+def scan_folder(
+    root: str | Path, labels: Sequence[str], match: ClassMatch = "name"
+) -> list[LabelledImage]:
+    """The images of an ImageFolder-layout directory with the index of their class's label.
+
+    ``match="name"``: each class folder is named by one of the model's labels. ``"index"``: the
+    sorted folder names are the classes in label order (ILSVRC's synset folders).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"no data folder at {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise EvaluationError(f"{root} has no class folders (expected <data>/<class>/<image>)")
+    if match == "index":
+        if len(folders) != len(labels):
+            raise EvaluationError(
+                f"{root} has {len(folders)} class folders; the model has {len(labels)} classes"
+            )
+        index = {folder.name: i for i, folder in enumerate(folders)}
+    else:
+        positions = {label: i for i, label in enumerate(labels)}
+        unknown = [f.name for f in folders if f.name not in positions]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            raise EvaluationError(
+                f"{len(unknown)} class folder(s) of {root} are not labels of the model: {shown}"
+                f"{' ...' if len(unknown) > 5 else ''} (labels: {', '.join(labels[:8])}"
+                f"{' ...' if len(labels) > 8 else ''})"
+            )
+        index = {f.name: positions[f.name] for f in folders}
+    images = [
+        LabelledImage(path, index[folder.name])
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not images:
+        raise EvaluationError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+@dataclass
+class Row:
+    """One line of the result table: a model or ensemble under one method and set of scales."""
+
+    model: str
+    members: list[str]
+    method: Method
+    scales: list[int]
+    flip: bool
+    train_scales: list[str]
+    images: int = 0
+    top1_errors: int = 0
+    top5_errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def top1_error(self) -> float:
+        return self.top1_errors / self.images if self.images else float("nan")
+
+    @property
+    def top5_error(self) -> float:
+        return self.top5_errors / self.images if self.images else float("nan")
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def record(self, posterior: np.ndarray, label: int, seconds: float) -> None:
+        rank = int(np.sum(posterior > posterior[label]))
+        self.images += 1
+        self.top1_errors += rank >= 1
+        self.top5_errors += rank >= 5
+        self.seconds += seconds
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "members": self.members,
+            "method": self.method,
+            "scales": self.scales,
+            "flip": self.flip,
+            "images": self.images,
+            "top1_error": self.top1_error,
+            "top5_error": self.top5_error,
+            "images_per_s": self.images_per_s,
+        }
+
+
+@dataclass
+class Plan:
+    """What to run: the engines, each one's scales, the rows and which posteriors feed them."""
+
+    engines: dict[str, Engine]
+    scales: dict[str, list[int]]
+    methods: list[Method]
+    flip: bool
+    groups: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    @property
+    def largest_scale(self) -> int:
+        return max(q for qs in self.scales.values() for q in qs)
+
+
+def train_scale_text(manifest: Manifest) -> str:
+    s = manifest.train_scale
+    return str(s.min) if s.fixed else f"[{s.min};{s.max}]"
+
+
+def resolve_models(
+    store: ModelStore, spec: str, ensembles: dict[str, list[str]]
+) -> list[tuple[str, list[str]]]:
+    """``--model`` to the groups to report: each model alone, and the ensemble when there are
+    several (a named ensemble counts as several: its members and itself)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise EvaluationError("--model names no model")
+    if len(names) == 1 and names[0] in ensembles:
+        members = ensembles[names[0]]
+        return [(m, [m]) for m in members] + [(names[0], list(members))]
+    for name in names:
+        if name in ensembles:
+            raise EvaluationError(f"{name!r} is an ensemble; a comma list names models only")
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"--model lists a model twice: {spec!r}")
+    groups = [(n, [n]) for n in names]
+    if len(names) > 1:
+        groups.append((",".join(names), names))
+    return groups
+
+
+def plan(
+    store: ModelStore,
+    spec: str,
+    *,
+    methods: Sequence[Method],
+    scales: ScaleChoice = "default",
+    flip: bool = True,
+    settings: Settings | None = None,
+) -> Plan:
+    settings = settings or Settings()
+    try:
+        ensembles = store.ensembles()
+    except StoreError:
+        ensembles = {}
+    groups = resolve_models(store, spec, ensembles)
+    names = sorted({m for _, members in groups for m in members})
+    engines: dict[str, Engine] = {}
+    for name in names:
+        if name not in store.names():
+            known = ", ".join(store.names() + sorted(ensembles)) or "none"
+            raise EvaluationError(f"unknown model {name!r} in {store.root} (known: {known})")
+        try:
+            engines[name] = Engine(
+                store.read(name),
+                device=settings.device,
+                cuda_mem_limit=settings.cuda_mem_limit,
+                intra_op_threads=settings.intra_op_threads,
+            )
+        except Exception as err:  # a broken entry, or an ONNX file onnxruntime refuses
+            raise EvaluationError(f"cannot load {name!r}: {err}") from None
+    labels = {tuple(e.manifest.labels) for e in engines.values()}
+    if len(labels) != 1:
+        raise EvaluationError("the models have different labels; they cannot be compared")
+    chosen: dict[str, list[int]] = {}
+    for name, engine in engines.items():
+        if scales == "default":
+            chosen[name] = list(engine.manifest.test_scales)
+        elif scales == "single":
+            chosen[name] = [engine.manifest.train_scale.single_test_scale()]
+        else:
+            chosen[name] = list(scales)
+    return Plan(engines, chosen, list(methods), flip, groups)
+
+
+def evaluate(
+    store: ModelStore,
+    spec: str,
+    data: str | Path,
+    *,
+    methods: Sequence[Method] = ("dense",),
+    scales: ScaleChoice = "default",
+    flip: bool = True,
+    limit: int | None = None,
+    class_match: ClassMatch = "name",
+    settings: Settings | None = None,
+    progress: bool = True,
+    on_image: Callable[[Path, dict[tuple[str, Method], np.ndarray]], None] | None = None,
+) -> list[Row]:
+    """Evaluate ``spec`` (``--model``) on ``data``; one row per (model or ensemble, method)."""
+    settings = settings or Settings()
+    for method in methods:
+        if method not in METHODS:
+            raise EvaluationError(f"unknown method {method!r}; use {', '.join(METHODS)} or all")
+    run = plan(store, spec, methods=methods, scales=scales, flip=flip, settings=settings)
+    first = next(iter(run.engines.values())).manifest
+    images = scan_folder(data, first.labels, class_match)[:limit]
+    computed: list[Method] = sorted(
+        {
+            part
+            for m in run.methods
+            for part in (("dense", "multicrop") if m == "combined" else (m,))
+        },
+        key=METHODS.index,
+    )
+    rows = {
+        (name, method): Row(
+            model=name,
+            members=members,
+            method=method,
+            scales=sorted({q for m in members for q in run.scales[m]}),
+            flip=flip,
+            train_scales=sorted({train_scale_text(run.engines[m].manifest) for m in members}),
+        )
+        for name, members in run.groups
+        for method in run.methods
+    }
+    limits = settings.image_limits()
+    draft_q = run.largest_scale if settings.jpeg_draft else None
+    watched = rows[(run.groups[-1][0], run.methods[0])]
+    bar = tqdm(images, desc="evaluate", unit="img", disable=not progress)
+    for item in bar:
+        try:
+            decoded = decode(item.path.read_bytes(), limits, max_scale=draft_q)
+        except (OSError, ImageError) as err:
+            raise EvaluationError(f"{item.path}: {err}") from None
+        cache = ScaledImages(decoded.image)
+        posteriors: dict[tuple[str, Method], np.ndarray] = {}
+        seconds: dict[tuple[str, Method], float] = {}
+        for name, engine in run.engines.items():
+            for method in computed:
+                start = time.perf_counter()
+                result = model_posterior(
+                    engine, decoded.image, run.scales[name], flip, method, cache=cache
+                )
+                seconds[(name, method)] = time.perf_counter() - start
+                posteriors[(name, method)] = result.posterior
+            if "combined" in run.methods:
+                posteriors[(name, "combined")] = np.mean(
+                    [posteriors[(name, "dense")], posteriors[(name, "multicrop")]], axis=0
+                )
+                seconds[(name, "combined")] = (
+                    seconds[(name, "dense")] + seconds[(name, "multicrop")]
+                )
+        for (group, method), row in rows.items():
+            members = row.members
+            posterior = np.mean([posteriors[(m, method)] for m in members], axis=0)
+            row.record(posterior, item.label, sum(seconds[(m, method)] for m in members))
+            if len(members) > 1:
+                posteriors[(group, method)] = posterior
+        if on_image is not None:
+            on_image(item.path, posteriors)
+        bar.set_postfix_str(f"{watched.model} {watched.method} top-1 err {watched.top1_error:.1%}")
+    return list(rows.values())
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows laid out like the paper's tables: train scale S, test scales Q, errors in %."""
+    header = (
+        "ConvNet",
+        "train (S)",
+        "test (Q)",
+        "method",
+        "flip",
+        "images",
+        "top-1 err (%)",
+        "top-5 err (%)",
+        "img/s",
+    )
+    body = [
+        (
+            r.model,
+            ", ".join(r.train_scales),
+            ",".join(str(q) for q in r.scales),
+            r.method,
+            "yes" if r.flip else "no",
+            str(r.images),
+            f"{100 * r.top1_error:.1f}",
+            f"{100 * r.top5_error:.1f}",
+            f"{r.images_per_s:.2f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    numeric = {5, 6, 7, 8}
+
+    def fmt(line: Sequence[str]) -> str:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
+
+
+def write_json(rows: Sequence[Row], path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"results": [r.as_json() for r in rows]}, indent=2) + "\n")

@@ -1,0 +1,208 @@
+"""From uploaded bytes to network input (SPEC §5 step 1), with Pillow and numpy only.
+
+``decode`` turns bytes into an RGB PIL image with its EXIF orientation applied, refusing
+decompression bombs from the header alone. ``rescale`` is torchvision's ``Resize(Q)`` on a PIL
+image, to the pixel: short side Q, long side ``int(Q * long / short)``, PIL bilinear (which
+antialiases when it shrinks). ``to_input`` applies a manifest's preprocessing and returns float32
+CHW. The offline evaluator calls these same functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model_store import Preprocessing
+
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF")
+"""Formats ``decode`` accepts. Pillow opens many more (EPS would run Ghostscript); these are the
+ones cameras, browsers and datasets produce."""
+
+BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited over white, as a browser shows them on a plain page."""
+
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+class ImageError(ValueError):
+    """The upload cannot be classified; subclasses say why."""
+
+
+class UndecodableImage(ImageError):
+    """Not an image in a supported format, or a corrupt or truncated one."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than allowed, as the header declares them."""
+
+
+class ImageShapeError(ImageError):
+    """Too small, or too elongated to rescale to a test scale within bounds."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What ``decode`` refuses. The defaults are the service's defaults."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_aspect_ratio: float = 6.0
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image ready for ``rescale``. ``width`` and ``height`` are the upload's size after
+    EXIF orientation; ``image`` may be smaller when the JPEG was decoded in draft mode."""
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+
+
+def decode(
+    data: bytes,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    max_scale: int | None = None,
+) -> DecodedImage:
+    """Decode an uploaded image: first frame, EXIF orientation applied, any mode to RGB.
+
+    The pixel count is checked from the header before any pixel is decoded. When ``max_scale``
+    (the largest Q this image will be rescaled to) is given, a large JPEG is decoded by libjpeg
+    at the smallest of 1/2, 1/4, 1/8 whose short side still reaches ``max_scale``; the result then
+    differs from a full decode by resampling noise only.
+    """
+    if not data:
+        raise UndecodableImage("the upload is empty")
+    if limits.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow's own bomb check runs first, at open; ours must be the one that decides.
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    formats = supported_formats()
+    try:
+        im = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(str(err)) from None
+    except UnidentifiedImageError:
+        raise UndecodableImage(
+            f"not a decodable image (supported formats: {', '.join(formats)})"
+        ) from None
+    except Exception as err:
+        raise UndecodableImage(f"cannot decode the image: {err}") from None
+
+    width, height = im.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    try:
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block must not cost the image
+        orientation = 1
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    check_shape(width, height, limits)
+
+    fmt = str(im.format or "")
+    drafted = False
+    try:
+        if max_scale is not None and fmt in ("JPEG", "MPO"):
+            factor = max_scale / min(width, height)
+            if factor <= 0.5:
+                stored = im.size
+                im.draft(None, (math.ceil(im.width * factor), math.ceil(im.height * factor)))
+                drafted = im.size != stored
+        im.load()
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(str(err)) from None
+    except Exception as err:  # decoders raise many types on hostile input; all mean "corrupt"
+        raise UndecodableImage(f"cannot decode the image: {err}") from None
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except Exception:  # a malformed EXIF block is metadata; the pixels still count
+        upright = im
+    try:
+        rgb = to_rgb(upright)
+    except Exception as err:
+        raise UndecodableImage(f"cannot convert {im.mode} pixels to RGB: {err}") from None
+    if not drafted:
+        width, height = rgb.size
+    return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+@functools.cache
+def supported_formats() -> tuple[str, ...]:
+    """The formats of ``FORMATS`` that this Pillow build can open."""
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
+
+
+def check_shape(width: int, height: int, limits: ImageLimits) -> None:
+    """Refuse images too small to mean anything or too elongated to rescale within bounds."""
+    short, long = min(width, height), max(width, height)
+    if short < limits.min_side:
+        raise ImageShapeError(
+            f"image is {width}x{height}; its smaller side must be at least {limits.min_side}"
+        )
+    if long / short > limits.max_aspect_ratio:
+        raise ImageShapeError(
+            f"image is {width}x{height}, aspect ratio {long / short:.2f}; the limit is "
+            f"{limits.max_aspect_ratio:g}"
+        )
+
+
+def to_rgb(im: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB. Alpha is composited over ``background``; 16-bit grey is
+    scaled to 8 bits rather than clipped as ``convert`` would."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(im).astype(np.float32) / 257.0
+        return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
+    if im.mode in ("I", "F"):
+        grey = np.clip(np.asarray(im), 0, 255)
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", im.size, (*background, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return im.convert("RGB")
+
+
+def rescaled_size(width: int, height: int, q: int) -> tuple[int, int]:
+    """``(width, height)`` with the smaller side ``q``: torchvision's ``Resize(q)`` arithmetic."""
+    if width <= height:
+        return q, int(q * height / width)
+    return int(q * width / height), q
+
+
+def rescale(image: Image.Image, q: int) -> Image.Image:
+    """Isotropic rescale so that the smallest side is ``q`` (paper §3.2), bilinear."""
+    size = rescaled_size(image.width, image.height, q)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+
+def to_input(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """An RGB PIL image to float32 ``(3, H, W)`` in the model's color order, then
+    ``(pixel * scale - mean) / std`` with mean and std listed in that same order."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if preprocessing.color_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    normalized = (pixels * np.float32(preprocessing.scale) - mean) / std
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))

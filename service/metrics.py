@@ -1,0 +1,59 @@
+"""Prometheus metrics of one app, in a registry of its own (several apps can live in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PHASES = ("queue", "decode", "inference", "total")
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """Requests by route and status, /classify latency by phase, views computed per model."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "verydeep_requests",
+            "HTTP requests by route and status code",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "verydeep_classify_seconds",
+            "Latency of successful /classify requests by phase: waiting for a slot, decoding, "
+            "inference (rescaling and networks), and total",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.views = Counter(
+            "verydeep_views",
+            "Network evaluations (views) computed, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "verydeep_classify_in_flight",
+            "Requests decoding or inferring now",
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "verydeep_classify_queued",
+            "Requests waiting for a slot now",
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "verydeep_models_loaded", "Models loaded and warmed up", registry=self.registry
+        )
+        self.ready = Gauge("verydeep_ready", "1 once every model is loaded", registry=self.registry)
+
+    def observe_phases(self, **seconds: float) -> None:
+        for phase, value in seconds.items():
+            self.latency.labels(phase).observe(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

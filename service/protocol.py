@@ -1,0 +1,227 @@
+"""The paper's test protocol (§3.2, §4; SPEC §5) on decoded images, with no HTTP in sight.
+
+Per model and scale Q the image is rescaled (smallest side Q) and normalized once, then:
+
+- dense: the fully-convolutional net runs on the whole image, and on its mirror when ``flip``, in
+  one batched call; each view's class score map is averaged over space, then softmaxed;
+- multicrop: a 5 x 5 grid of 224 x 224 crops (x offsets ``(i * (W - 224)) // 4``, y likewise),
+  each crop also mirrored when ``flip``, all of one scale in one batched call; softmax per view;
+- combined: the mean of the dense and the multicrop posteriors.
+
+A model's posterior is the mean of its views' posteriors; an ensemble's, the mean of its members'.
+The service and the offline evaluator both call ``classify``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from PIL import Image
+
+from model_store import Manifest, Preprocessing
+from service.imaging import rescale, to_input
+
+Method = Literal["dense", "multicrop", "combined"]
+METHODS: tuple[Method, ...] = ("dense", "multicrop", "combined")
+CROP = 224
+GRID = 5
+
+
+class ScoringModel(Protocol):
+    """A fully-convolutional net: ``scores`` maps float32 ``(N, 3, H, W)`` to float32 class
+    score maps ``(N, K, H // 32 - 6, W // 32 - 6)``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def scores(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class Cancelled(Exception):
+    """``classify`` stopped between two network calls because its ``cancel`` event was set."""
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One model's share of a classification."""
+
+    name: str
+    scales: tuple[int, ...]
+    views: int
+    posterior: np.ndarray
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The ensemble posterior (float64, sums to 1) and what each member computed."""
+
+    posterior: np.ndarray
+    members: tuple[MemberResult, ...]
+
+    @property
+    def scales(self) -> list[int]:
+        """Every Q used by some member, ascending."""
+        return sorted({q for m in self.members for q in m.scales})
+
+    @property
+    def views(self) -> int:
+        """Network evaluations per member (the largest, when members used different scales)."""
+        return max(m.views for m in self.members)
+
+
+def views_per_scale(method: Method, flip: bool) -> int:
+    """Network evaluations one model makes per scale."""
+    per_position = 2 if flip else 1
+    dense, multicrop = per_position, GRID * GRID * per_position
+    return {"dense": dense, "multicrop": multicrop, "combined": dense + multicrop}[method]
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(V, K)`` scores, in float64."""
+    z = scores.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def crop_offsets(length: int, crop: int = CROP, grid: int = GRID) -> list[int]:
+    """Offsets of a regular grid of crops along one side, the outer ones touching the borders."""
+    if length < crop:
+        raise ValueError(f"a side of {length} pixels is shorter than the crop size {crop}")
+    return [(i * (length - crop)) // (grid - 1) for i in range(grid)]
+
+
+def dense_posteriors(
+    model: ScoringModel, x: np.ndarray, flip: bool, cancel: threading.Event | None = None
+) -> np.ndarray:
+    """Posteriors ``(V, K)`` of the whole normalized image ``x (3, H, W)`` and its mirror."""
+    batch = np.stack([x, x[:, :, ::-1]]) if flip else x[None]
+    _check(cancel)
+    score_maps = model.scores(np.ascontiguousarray(batch))
+    return softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
+
+
+def multicrop_posteriors(
+    model: ScoringModel, x: np.ndarray, flip: bool, cancel: threading.Event | None = None
+) -> np.ndarray:
+    """Posteriors ``(V, K)`` of the 5 x 5 grid of 224 x 224 crops of ``x (3, H, W)`` (and their
+    mirrors)."""
+    _, height, width = x.shape
+    crops = [
+        x[:, top : top + CROP, left : left + CROP]
+        for top in crop_offsets(height)
+        for left in crop_offsets(width)
+    ]
+    if flip:
+        crops += [c[:, :, ::-1] for c in crops]
+    _check(cancel)
+    score_maps = model.scores(np.ascontiguousarray(np.stack(crops)))
+    return softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
+
+
+@dataclass
+class ScaledImages:
+    """The rescaled and normalized versions of one image, computed once and shared by the
+    members of an ensemble (rescaling per Q, normalization per Q and preprocessing)."""
+
+    image: Image.Image
+    rescaled: dict[int, Image.Image] = field(default_factory=dict)
+    normalized: dict[tuple[int, Preprocessing], np.ndarray] = field(default_factory=dict)
+
+    def get(self, q: int, preprocessing: Preprocessing) -> np.ndarray:
+        key = (q, preprocessing)
+        if key not in self.normalized:
+            if q not in self.rescaled:
+                self.rescaled[q] = rescale(self.image, q)
+            self.normalized[key] = to_input(self.rescaled[q], preprocessing)
+        return self.normalized[key]
+
+
+def model_posterior(
+    model: ScoringModel,
+    image: Image.Image,
+    scales: Sequence[int],
+    flip: bool = True,
+    method: Method = "dense",
+    *,
+    cancel: threading.Event | None = None,
+    cache: ScaledImages | None = None,
+) -> MemberResult:
+    """One model's posterior over ``scales`` of an RGB image, by ``method``. ``cache`` (of this
+    same image) lets several models share the rescaled images."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not scales:
+        raise ValueError("at least one scale is needed")
+    inputs = cache if cache is not None else ScaledImages(image)
+    dense: list[np.ndarray] = []
+    crops: list[np.ndarray] = []
+    for q in scales:
+        x = inputs.get(q, model.manifest.preprocessing)
+        if method in ("dense", "combined"):
+            dense.append(dense_posteriors(model, x, flip, cancel))
+        if method in ("multicrop", "combined"):
+            crops.append(multicrop_posteriors(model, x, flip, cancel))
+    parts = [np.concatenate(views).mean(axis=0) for views in (dense, crops) if views]
+    return MemberResult(
+        name=model.name,
+        scales=tuple(scales),
+        views=views_per_scale(method, flip) * len(scales),
+        posterior=np.mean(parts, axis=0),
+    )
+
+
+def classify(
+    models: Sequence[ScoringModel],
+    image: Image.Image,
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    method: Method = "dense",
+    *,
+    cancel: threading.Event | None = None,
+) -> Classification:
+    """Classify an RGB image with one model or an ensemble (the mean of members' posteriors).
+
+    ``scales`` None: each member uses its manifest's ``test_scales``. ``cancel``: an event checked
+    before every network call; when set, ``Cancelled`` is raised.
+    """
+    if not models:
+        raise ValueError("at least one model is needed")
+    classes = {m.manifest.num_classes for m in models}
+    if len(classes) != 1:
+        raise ValueError(f"ensemble members disagree on the number of classes: {sorted(classes)}")
+    cache = ScaledImages(image)
+    members = tuple(
+        model_posterior(
+            m,
+            image,
+            scales if scales is not None else m.manifest.test_scales,
+            flip,
+            method,
+            cancel=cancel,
+            cache=cache,
+        )
+        for m in models
+    )
+    posterior = np.mean([m.posterior for m in members], axis=0)
+    return Classification(posterior=posterior, members=members)
+
+
+def top_k(posterior: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most probable classes as ``(index, probability)``, most probable first; ties
+    keep the lower index first."""
+    order = np.argsort(-posterior, kind="stable")[:k]
+    return [(int(i), float(posterior[i])) for i in order]
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("classification cancelled")

@@ -1,0 +1,263 @@
+"""The models the service serves: the store loaded once at start-up, broken entries skipped.
+
+Loading verifies each entry (manifest, ONNX sha256), opens its session and warms it up at its test
+scales. An entry that fails any step is skipped with its reason, as is a named ensemble with a
+missing member or members that disagree on labels; everything else is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from model_store import ModelStore, StoreError
+from service.engine import Engine, EngineError
+from service.errors import InvalidParameter, UnknownModel
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+State = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    kind: Literal["model", "ensemble"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a ``model`` parameter names: ``name`` as reported, and the members that run."""
+
+    name: str
+    members: tuple[Engine, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.members[0].manifest.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.members[0].manifest.num_classes
+
+
+class Registry:
+    """Loaded engines, named ensembles and skipped entries; ``load`` may run in a thread while
+    readers look at a consistent snapshot."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ModelStore(settings.model_store)
+        self._lock = threading.Lock()
+        self._models: dict[str, Engine] = {}
+        self._ensembles: dict[str, list[str]] = {}
+        self._skipped: list[Skipped] = []
+        self._state: State = "loading"
+        self._problem: str | None = None
+        self._default: str | None = None
+        self._loader: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self._state == "ready"
+
+    @property
+    def problem(self) -> str | None:
+        """Why the registry is not ready, or what is wrong though it is."""
+        return self._problem
+
+    @property
+    def models(self) -> dict[str, Engine]:
+        with self._lock:
+            return dict(self._models)
+
+    @property
+    def ensembles(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {name: list(members) for name, members in self._ensembles.items()}
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        with self._lock:
+            return list(self._skipped)
+
+    @property
+    def default(self) -> str | None:
+        return self._default
+
+    def load_in_background(self) -> threading.Thread | None:
+        """Start ``load`` in a daemon thread, once; None when it was started or done already."""
+        with self._lock:
+            if self._loader is not None or self._state != "loading":
+                return None
+            self._loader = threading.Thread(target=self.load, name="verydeep-load", daemon=True)
+        self._loader.start()
+        return self._loader
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask a background load to stop after the entry it is loading, and wait for it."""
+        self._stopping.set()
+        loader = self._loader
+        if loader is not None and loader.is_alive():
+            loader.join(timeout)
+
+    def load(self) -> None:
+        """Load every entry of the store; never raises (failures end up in ``skipped`` or
+        ``problem``)."""
+        started = time.perf_counter()
+        try:
+            self._load_models()
+            self._load_ensembles()
+            self._choose_default()
+        except StoreError as err:
+            self._finish("failed", str(err))
+            return
+        except Exception as err:
+            log.exception("loading the model store failed")
+            self._finish("failed", f"loading the model store failed: {err}")
+            return
+        if not self._models:
+            where = self.store.root.resolve()
+            self._finish("failed", f"no loadable model in the model store {where}")
+            return
+        self._finish("ready", self._problem)
+        log.info(
+            "ready: %d models, %d ensembles, %d skipped in %.1f s",
+            len(self._models),
+            len(self._ensembles),
+            len(self._skipped),
+            time.perf_counter() - started,
+        )
+
+    def resolve(self, spec: str | None) -> Resolved:
+        """A ``model`` parameter (model, ensemble, comma list, or None for the default) to the
+        engines that run it. Raises UnknownModel (404) or InvalidParameter (422)."""
+        if spec is None or not spec.strip():
+            if self._default is None:
+                raise UnknownModel(
+                    self._problem or "no model was named and there is no default model"
+                )
+            spec = self._default
+        spec = spec.strip()
+        models, ensembles = self.models, self.ensembles
+        if "," in spec:
+            names = [part.strip() for part in spec.split(",")]
+            if any(not n for n in names):
+                raise InvalidParameter(f"model: empty name in the list {spec!r}")
+            if len(set(names)) != len(names):
+                raise InvalidParameter(f"model: a model is listed twice in {spec!r}")
+            for n in names:
+                if n in ensembles:
+                    raise InvalidParameter(
+                        f"model: {n!r} is an ensemble; a comma list names models only"
+                    )
+            members = tuple(self._model(n, models) for n in names)
+            labels = {tuple(m.manifest.labels) for m in members}
+            if len(labels) != 1:
+                raise InvalidParameter(f"model: the models of {spec!r} have different labels")
+            return Resolved(",".join(names), members)
+        if spec in ensembles:
+            return Resolved(spec, tuple(models[n] for n in ensembles[spec]))
+        return Resolved(spec, (self._model(spec, models),))
+
+    def _model(self, name: str, models: dict[str, Engine]) -> Engine:
+        if name in models:
+            return models[name]
+        for s in self.skipped:
+            if s.name == name:
+                raise UnknownModel(f"{s.kind} {name!r} is not available: {s.reason}")
+        if self._state == "loading":
+            raise UnknownModel(f"unknown model {name!r} (the store is still loading)")
+        known = sorted(models) + sorted(self.ensembles)
+        raise UnknownModel(f"unknown model {name!r}; available: {', '.join(known) or 'none'}")
+
+    def _skip(self, name: str, kind: Literal["model", "ensemble"], reason: str) -> None:
+        log.warning("skipping %s %r: %s", kind, name, reason)
+        with self._lock:
+            self._skipped.append(Skipped(name, kind, reason))
+
+    def _load_models(self) -> None:
+        s = self.settings
+        if not self.store.root.is_dir():
+            raise StoreError(f"the model store {self.store.root.resolve()} is not a directory")
+        for name in self.store.names():
+            if self._stopping.is_set():
+                raise StoreError("loading stopped: the service is shutting down")
+            try:
+                entry = self.store.read(name, verify=True)
+                engine = Engine(
+                    entry,
+                    device=s.device,
+                    cuda_mem_limit=s.cuda_mem_limit,
+                    intra_op_threads=s.intra_op_threads,
+                )
+                if s.warmup:
+                    engine.warm_up(entry.manifest.test_scales)
+            except StoreError as err:
+                self._skip(name, "model", getattr(err, "reason", str(err)))
+                continue
+            except EngineError as err:
+                self._skip(name, "model", str(err))
+                continue
+            except Exception as err:
+                self._skip(name, "model", f"{type(err).__name__}: {err}")
+                continue
+            with self._lock:
+                self._models[name] = engine
+            log.info("loaded %s on %s", name, engine.provider)
+
+    def _load_ensembles(self) -> None:
+        try:
+            declared = self.store.ensembles()
+        except StoreError as err:
+            self._skip("ensembles.json", "ensemble", str(err))
+            return
+        entry_names = set(self.store.names())
+        for name, members in declared.items():
+            reason = self._ensemble_problem(name, members, entry_names)
+            if reason:
+                self._skip(name, "ensemble", reason)
+                continue
+            with self._lock:
+                self._ensembles[name] = list(members)
+
+    def _ensemble_problem(self, name: str, members: list[str], entries: set[str]) -> str | None:
+        if name in entries:
+            return "its name is also the name of a model entry"
+        if len(set(members)) != len(members):
+            return "a member is listed twice"
+        missing = [m for m in members if m not in self._models]
+        if missing:
+            why = {s.name: s.reason for s in self._skipped if s.kind == "model"}
+            details = [f"{m} ({why.get(m, 'not in the store')})" for m in missing]
+            return "missing members: " + "; ".join(details)
+        if len({tuple(self._models[m].manifest.labels) for m in members}) != 1:
+            return "its members have different labels"
+        return None
+
+    def _choose_default(self) -> None:
+        wanted = self.settings.default_model
+        if wanted is None:
+            self._default = min(self._models, default=None)
+            return
+        try:
+            self._default = self.resolve(wanted).name
+        except (UnknownModel, InvalidParameter) as err:
+            self._problem = f"the default model {wanted!r} is not available: {err.message}"
+            log.error(self._problem)
+
+    def _finish(self, state: State, problem: str | None) -> None:
+        self._problem = problem
+        self._state = state
+        if state == "failed":
+            log.error("the service cannot serve: %s", problem)

@@ -1,0 +1,111 @@
+"""Response bodies, as pydantic models so that the OpenAPI document (/docs) is exact."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from model_store import OnnxInfo, Preprocessing, TrainScale
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="class index in the model's output")
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class ImageSize(BaseModel):
+    width: int = Field(description="width of the upload after EXIF orientation")
+    height: int
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="decoding and conversion to RGB, milliseconds")
+    inference: float = Field(description="rescaling, normalization and the networks, milliseconds")
+    total: float = Field(description="from the request's arrival to the response, milliseconds")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="the model, ensemble or comma list that was asked for")
+    members: list[str] = Field(description="the models whose posteriors were averaged")
+    method: Literal["dense", "multicrop", "combined"]
+    scales: list[int] = Field(
+        description="the test scales Q; when each member used its own test_scales and these "
+        "differ, every Q used by some member, ascending"
+    )
+    flip: bool
+    views: int = Field(
+        description="network evaluations per member (the largest, when members used different "
+        "numbers of scales)"
+    )
+    predictions: list[Prediction] = Field(description="top_k classes, most probable first")
+    image: ImageSize
+    timing_ms: Timing
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. unknown_model, image_too_large")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ProvenanceInfo(BaseModel):
+    source: str
+    checkpoint_sha256: str | None = None
+    created: datetime
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelInfo(BaseModel):
+    """The manifest's fields but the labels, plus the execution provider that runs the model."""
+
+    schema_version: int
+    name: str
+    config: str
+    weight_layers: int
+    parameters: int
+    num_classes: int
+    preprocessing: Preprocessing
+    train_scale: TrainScale
+    test_scales: list[int]
+    crop_size: int
+    onnx: OnnxInfo
+    provenance: ProvenanceInfo
+    provider: str = Field(description="e.g. CUDAExecutionProvider or CPUExecutionProvider")
+
+
+class EnsembleInfo(BaseModel):
+    name: str
+    members: list[str]
+
+
+class SkippedInfo(BaseModel):
+    name: str
+    kind: Literal["model", "ensemble"]
+    reason: str
+
+
+class ModelsResponse(BaseModel):
+    default: str | None = Field(description="what a request without `model` runs")
+    models: list[ModelInfo]
+    ensembles: list[EnsembleInfo]
+    skipped: list[SkippedInfo] = Field(description="store entries that are not served, and why")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    state: Literal["loading", "ready", "failed"]
+    models: list[str] = Field(description="loaded and warmed-up models")
+    ensembles: list[str]
+    skipped: list[SkippedInfo]
+    problem: str | None = Field(None, description="why not ready, or what is amiss though ready")
+    error: ErrorDetail | None = Field(None, description="set with status 503")

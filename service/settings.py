@@ -1,0 +1,81 @@
+"""Service settings, read from ``VERYDEEP_*`` environment variables (SPEC §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.imaging import ImageLimits
+
+Device = Literal["auto", "cuda", "cpu"]
+
+
+class Settings(BaseSettings):
+    """Every limit the service enforces, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VERYDEEP_", extra="ignore", protected_namespaces=(), frozen=True
+    )
+
+    model_store: Path = Field(Path("./model_store"), description="model store directory")
+    default_model: str | None = Field(
+        None,
+        description="model, ensemble or comma list used when a request names none "
+        "(unset: the first loaded model by name)",
+    )
+    device: Device = Field("auto", description="auto: CUDA when it loads, else CPU")
+    cuda_mem_limit: int | None = Field(
+        None, gt=0, description="bytes of GPU memory each model's CUDA arena may take"
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per model (0: onnxruntime decides)"
+    )
+    warmup: bool = Field(True, description="run each model at its test scales before ready")
+    background_load: bool = Field(
+        True,
+        description="load the store in a background thread (/healthz answers at once, /readyz "
+        "says 503 until loaded); false: the server starts accepting requests once loaded",
+    )
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="request body limit")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="width x height limit, checked before decoding"
+    )
+    min_image_side: int = Field(16, ge=1, description="smallest accepted image side, pixels")
+    max_aspect_ratio: float = Field(
+        6.0, ge=1.0, description="largest accepted long side / short side"
+    )
+    max_scale: int = Field(1024, ge=224, description="largest accepted test scale Q")
+    max_scales_per_request: int = Field(8, ge=1, description="most Q values in one request")
+    jpeg_draft: bool = Field(
+        True,
+        description="let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 size when the "
+        "largest requested Q still fits",
+    )
+
+    max_concurrency: int = Field(2, ge=1, description="requests decoding or inferring at once")
+    max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")
+    queue_timeout: float = Field(10.0, ge=0, description="seconds a request waits for a slot")
+    request_timeout: float = Field(
+        120.0, gt=0, description="seconds for decoding and inference of one request"
+    )
+    retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 503")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def image_limits(self) -> ImageLimits:
+        """What ``imaging.decode`` refuses under these settings."""
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            min_side=self.min_image_side,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )

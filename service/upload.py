@@ -1,0 +1,75 @@
+"""Reading the uploaded image: multipart field ``image`` or a raw ``image/*`` body, with the byte
+limit enforced from Content-Length first and then while streaming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+
+FIELD = "image"
+_GENERIC_PART_TYPES = ("", "application/octet-stream")
+
+
+async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
+    """The image's bytes from a request to /classify; raises 413, 415, 400 or 422."""
+    media_type = _media_type(request.headers.get("content-type"))
+    if not (media_type.startswith("image/") or media_type == "multipart/form-data"):
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'} is not accepted: send the image as the "
+            f"multipart/form-data field {FIELD!r} or as the body with an image/* Content-Type"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    stream = _limited(request.stream(), max_bytes)
+    try:
+        if media_type.startswith("image/"):
+            return b"".join([chunk async for chunk in stream])
+        return await _multipart_image(request, stream)
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected before the upload was complete") from None
+
+
+async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]) -> bytes:
+    parser = MultiPartParser(request.headers, stream, max_files=4, max_fields=32)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise BadRequest(f"malformed multipart body: {err.message}") from None
+    try:
+        part = form.get(FIELD)
+        if part is None:
+            raise InvalidParameter(f"the multipart body has no field {FIELD!r}")
+        if not isinstance(part, UploadFile):
+            raise InvalidParameter(f"the multipart field {FIELD!r} must be a file")
+        part_type = _media_type(part.content_type)
+        if not (part_type.startswith("image/") or part_type in _GENERIC_PART_TYPES):
+            raise UnsupportedMediaType(
+                f"the multipart field {FIELD!r} has Content-Type {part_type}; send an image"
+            )
+        return await part.read()
+    finally:
+        await form.close()
+
+
+async def _limited(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncGenerator[bytes, None]:
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > max_bytes:
+            raise _too_large(max_bytes)
+        yield chunk
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body exceeds the limit of {max_bytes} bytes")
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()

@@ -1,0 +1,49 @@
+"""Settings come from VERYDEEP_* variables, with the documented defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("VERYDEEP_"):
+            monkeypatch.delenv(name)
+    s = Settings()
+    assert s.model_store == Path("./model_store")
+    assert s.default_model is None
+    assert (s.device, s.host, s.port) == ("auto", "127.0.0.1", 8000)
+    assert s.max_upload_bytes == 20 * 1024 * 1024
+    assert s.max_image_pixels == 40_000_000
+    assert (s.max_scale, s.max_concurrency) == (1024, 2)
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERYDEEP_MODEL_STORE", "/srv/models")
+    monkeypatch.setenv("VERYDEEP_DEFAULT_MODEL", "vgg16")
+    monkeypatch.setenv("VERYDEEP_DEVICE", "cuda")
+    monkeypatch.setenv("VERYDEEP_MAX_UPLOAD_BYTES", "1000")
+    monkeypatch.setenv("VERYDEEP_MAX_SCALE", "640")
+    monkeypatch.setenv("VERYDEEP_PORT", "9000")
+    s = Settings()
+    assert s.model_store == Path("/srv/models") and s.default_model == "vgg16"
+    assert (s.device, s.max_upload_bytes, s.max_scale, s.port) == ("cuda", 1000, 640, 9000)
+    assert Settings(port=9100).port == 9100  # arguments override the environment
+    monkeypatch.setenv("VERYDEEP_DEFAULT_MODEL", "")
+    assert Settings().default_model is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DEVICE", "tpu"), ("MAX_SCALE", "100"), ("MAX_CONCURRENCY", "0"), ("PORT", "70000")],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(f"VERYDEEP_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()
