@@ -7,6 +7,7 @@ agree with the torch net at 224x224, a non-square size and a large size.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import warnings
@@ -43,8 +44,11 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 # (batch, height, width): the crop size, a non-square size with two images, a large image.
 VERIFY_SIZES: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 256, 320), (1, 480, 640))
-RTOL = 1e-3  # of the largest reference score magnitude
-ATOL = 1e-4
+# Verification tolerance: ATOL + RTOL * max |reference score|, the reference being the float32
+# torch net, so a float16 export is held to what half precision can keep.
+RTOL = {"float32": 1e-3, "float16": 2e-2}
+ATOL = {"float32": 1e-4, "float16": 1e-3}
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class ExportError(UserFacingError):
@@ -65,17 +69,22 @@ def export_onnx(
     path: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
+    dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     progress: bool = False,
 ) -> list[SizeCheck]:
-    """Export ``fcn`` to ``path`` and verify it; raises ExportError when a check fails."""
+    """Export ``fcn`` to ``path`` with weights, input and output in ``dtype`` ("float32" or
+    "float16") and verify it against the float32 net; raises ExportError when a check fails."""
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown export dtype {dtype!r}; use float32 or float16")
     fcn = fcn.eval()
     path = Path(path)
-    example = torch.zeros(1, 3, 224, 224)
+    graph = copy.deepcopy(fcn).to(DTYPES[dtype])
+    example = torch.zeros(1, 3, 224, 224, dtype=DTYPES[dtype])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            fcn,
+            graph,
             (example,),
             str(path),
             dynamo=False,
@@ -91,7 +100,7 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"ONNX checker rejected the exported graph: {err}") from None
-    return verify_onnx(fcn, path, verify_sizes, progress=progress)
+    return verify_onnx(fcn, path, verify_sizes, dtype=dtype, progress=progress)
 
 
 def verify_onnx(
@@ -99,9 +108,10 @@ def verify_onnx(
     path: str | Path,
     sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     *,
+    dtype: str = "float32",
     progress: bool = False,
 ) -> list[SizeCheck]:
-    """Compare onnxruntime (CPU) with the torch net on random inputs at each size."""
+    """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     checks = []
@@ -109,7 +119,8 @@ def verify_onnx(
         x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             expected = fcn(x).numpy()
-        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
+        actual = actual.astype(np.float32)
         want_shape = (batch, fcn.num_classes, *score_map_shape(height, width))
         if actual.shape != want_shape:
             raise ExportError(
@@ -117,7 +128,7 @@ def verify_onnx(
                 f"expected {want_shape}"
             )
         diff = float(np.max(np.abs(actual - expected)))
-        tolerance = ATOL + RTOL * float(np.max(np.abs(expected)))
+        tolerance = ATOL[dtype] + RTOL[dtype] * float(np.max(np.abs(expected)))
         if not diff <= tolerance:
             raise ExportError(
                 f"ONNX output differs from torch at {batch}x3x{height}x{width}: "
@@ -142,6 +153,7 @@ def export_to_store(
     metrics: dict[str, Any] | None = None,
     overwrite: bool = False,
     opset: int = DEFAULT_OPSET,
+    dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     progress: bool = False,
 ) -> StoreEntry:
@@ -154,7 +166,9 @@ def export_to_store(
     fcn = to_fully_convolutional(model.eval())
     with tempfile.TemporaryDirectory(prefix="verydeep-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(fcn, onnx_path, opset=opset, verify_sizes=verify_sizes, progress=progress)
+        export_onnx(
+            fcn, onnx_path, opset=opset, dtype=dtype, verify_sizes=verify_sizes, progress=progress
+        )
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             name=name,
@@ -172,7 +186,7 @@ def export_to_store(
                 opset=opset,
                 input=INPUT_NAME,
                 output=OUTPUT_NAME,
-                dtype="float32",
+                dtype=dtype,
             ),
             provenance=Provenance(
                 source=source,

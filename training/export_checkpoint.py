@@ -16,6 +16,7 @@ def export_checkpoint(
     *,
     test_scales: list[int] | None = None,
     overwrite: bool = False,
+    dtype: str = "float32",
 ) -> StoreEntry:
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model()
@@ -31,5 +32,6 @@ def export_checkpoint(
         checkpoint_sha256=sha256_file(checkpoint_path),
         metrics=dict(checkpoint.training.get("metrics", {})),
         overwrite=overwrite,
+        dtype=dtype,
         progress=True,
     )

@@ -108,6 +108,7 @@ def import_torchvision(
     weights: str | Path | None = None,
     test_scales: list[int] | None = None,
     overwrite: bool = False,
+    dtype: str = "float32",
 ) -> StoreEntry:
     if arch not in WEIGHTS:
         raise WeightsError(f"unknown torchvision arch {arch!r}; choose one of {', '.join(WEIGHTS)}")
@@ -126,5 +127,6 @@ def import_torchvision(
         checkpoint_sha256=sha256_file(path),
         metrics={"torchvision_arch": arch, **meta["_metrics"]},
         overwrite=overwrite,
+        dtype=dtype,
         progress=True,
     )

@@ -90,7 +90,7 @@ def test_export_to_store_writes_a_complete_entry(tmp_path: Path) -> None:
 def test_failed_verification_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export_module, "ATOL", -1.0)
+    monkeypatch.setitem(export_module.ATOL, "float32", -1.0)
     store = ModelStore(tmp_path / "store")
     with pytest.raises(ExportError, match=r"differs from torch at 1x3x224x224"):
         export_to_store(
@@ -116,3 +116,39 @@ def test_labels_must_match_classes(tmp_path: Path) -> None:
             train_scale=TrainScale(min=256, max=256),
             source="test",
         )
+
+
+def test_float16_export_is_verified_against_float32(tmp_path: Path) -> None:
+    model = tiny_vgg("D", seed=9)
+    entry = export_to_store(
+        model,
+        ModelStore(tmp_path / "store"),
+        "half",
+        labels=TINY_LABELS,
+        preprocessing=Preprocessing(mean=(0, 0, 0)),
+        train_scale=TrainScale(min=256, max=256),
+        source="test",
+        dtype="float16",
+    )
+    assert entry.manifest.onnx.dtype == "float16"
+    graph = onnx.load(str(entry.onnx_path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    full = tmp_path / "full.onnx"
+    export_onnx(to_fully_convolutional(model), full, verify_sizes=((1, 224, 224),))
+    assert entry.onnx_path.stat().st_size < 0.6 * full.stat().st_size
+
+    x = torch.randn(2, 3, 256, 288, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = to_fully_convolutional(model).eval()(x).numpy()
+    session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
+    (half,) = session.run(["scores"], {"image": x.numpy().astype(np.float16)})
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(
+        half.astype(np.float32), expected, atol=2e-2 * np.abs(expected).max()
+    )
+
+
+def test_unknown_dtype_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="unknown export dtype 'int8'"):
+        export_onnx(to_fully_convolutional(tiny_vgg("A")), tmp_path / "m.onnx", dtype="int8")
