@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint format bench demo clean
+.PHONY: install serve test test-slow lint format bench bench-full image image-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+bench-full: $(STAMP)
+	$(BIN)/python -m bench.run --full
+
+image:
+	docker build -t verydeep:0.1.0 .
+
+image-cpu:
+	docker build --build-arg VERYDEEP_EXTRAS= -t verydeep:0.1.0-cpu .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
