@@ -1,0 +1,65 @@
+"""Helpers the benchmarks share: the bare onnxruntime session the service's own would be, and
+the preprocessed input the service computes for a request."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store import StoreEntry
+
+SETTLE_S = 0.05
+"""Pause between timed calls: onnxruntime's idle pool threads spin briefly after a run; the
+pause keeps one measurement's spinning out of the next (and out of the other process)."""
+
+
+def service_settings(overrides: dict[str, str] | None = None):  # -> service.settings.Settings
+    """The settings a server subprocess reads from this environment plus ``overrides`` (the
+    ``VERYDEEP_*`` variables it is given)."""
+    from unittest import mock
+
+    from service.settings import Settings
+
+    with mock.patch.dict(os.environ, overrides or {}):
+        return Settings()
+
+
+def bare_session(entry: StoreEntry, intra_op_threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session with the options the service's engine sets."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads
+    return ort.InferenceSession(str(entry.onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def preprocessed(data: bytes, entry: StoreEntry, q: int) -> np.ndarray:
+    """The float32 ``(3, H, W)`` input the service computes for ``data`` at scale ``q``."""
+    from service.imaging import decode, rescale, to_input
+
+    decoded = decode(data, max_scale=q)
+    return to_input(rescale(decoded.image, q), entry.manifest.preprocessing)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], reps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Time each call ``reps`` times, alternating between them (A B A B ...) after ``warmup``
+    untimed rounds, so that drift in the machine's speed hits every call alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(warmup + reps):
+        for name, fn in calls.items():
+            elapsed = timed(fn)
+            if round_ >= warmup:
+                times[name].append(elapsed)
+            time.sleep(SETTLE_S)
+    return times

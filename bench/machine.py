@@ -1,0 +1,147 @@
+"""What the figures were measured on: CPU, cores, memory, versions, thread settings, and how busy
+the machine was (load average, other CPU-heavy processes) while they were measured."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = (
+    "verydeep",
+    "onnxruntime-gpu",
+    "torch",
+    "numpy",
+    "pillow",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    match = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    flags = set(match.group(1).split()) if match else set()
+    return [f for f in wanted if f in flags]
+
+
+def memory_gib() -> float | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemTotal:\s*(\d+) kB", text, re.MULTILINE)
+    return round(int(match.group(1)) / 2**20, 1) if match else None
+
+
+def slug() -> str:
+    """A short machine name for the results file: ``amd-epyc-2c``."""
+    model = re.sub(r"\(.*?\)|\bcpu\b|@.*$|\d+-core processor", "", cpu_model(), flags=re.I)
+    words = re.findall(r"[a-z0-9]+", model.lower())[:4]
+    return "-".join([*words, f"{os.cpu_count()}c"]) or "machine"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def busy_processes(limit: int = 5, exclude: set[int] | None = None) -> list[dict[str, object]]:
+    """The most CPU-hungry processes of others (recent %CPU as ps reports it)."""
+    exclude = exclude or set()
+    try:
+        out = subprocess.run(
+            ["ps", "-eo", "pid,ni,pcpu,args", "--sort=-pcpu", "--no-headers"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or int(parts[0]) in exclude or float(parts[2]) < 5.0:
+            continue
+        found.append(
+            {
+                "pid": int(parts[0]),
+                "nice": int(parts[1]),
+                "cpu_percent": float(parts[2]),
+                "command": parts[3][:120],
+            }
+        )
+        if len(found) >= limit:
+            break
+    return found
+
+
+def training_processes() -> int:
+    try:
+        out = subprocess.run(
+            ["pgrep", "-f", "verydeep train"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len([p for p in out.split() if p.strip() and int(p) != os.getpid()])
+
+
+def load_snapshot() -> dict[str, object]:
+    """How busy the machine is right now."""
+    return {
+        "loadavg_1_5_15": load_average(),
+        "verydeep_train_processes": training_processes(),
+        "busy_processes": busy_processes(exclude={os.getpid()}),
+    }
+
+
+def describe(threads: dict[str, object]) -> dict[str, object]:
+    """Everything about the machine and the software a reader needs to judge the figures."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": memory_gib(),
+        "platform": platform.platform(),
+        "python_executable": sys.executable,
+        "versions": versions(),
+        "threads": threads,
+        "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
+        "verydeep_env": {k: v for k, v in os.environ.items() if k.startswith("VERYDEEP_")},
+    }

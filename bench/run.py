@@ -1,0 +1,163 @@
+"""``python -m bench.run [--quick|--full] [--only NAME,...] [--out DIR]``: run the benchmarks,
+print the table, write ``<out>/<date>-<machine>.json`` (``<date>-<machine>-full.json`` in full
+mode) and the table as Markdown beside it.
+
+A missed target prints MISS; the command still exits 0 (a measurement, not a test). It exits 1
+only when a benchmark could not run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import coldstart, decode, eager, efficiency, load, machine, multicrop, overhead
+from bench.context import DEFAULT_CACHE, MODES, Context, ort_threads
+from bench.report import Figure, markdown_table, results_document, text_table, write_json
+
+log = logging.getLogger("bench")
+
+BENCHMARKS = {
+    "coldstart": coldstart,  # first: the shared server's start is the cold start it reports
+    "overhead": overhead,
+    "engine": eager,
+    "multicrop": multicrop,
+    "efficiency": efficiency,
+    "decode": decode,
+    "load": load,  # last: it queues the server up to its 503s
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--quick",
+        dest="mode",
+        action="store_const",
+        const="quick",
+        help="make bench: one scale for multi-crop, few repetitions (default)",
+    )
+    group.add_argument(
+        "--full",
+        dest="mode",
+        action="store_const",
+        const="full",
+        help="make bench-full: three scales, 150 crops, more repetitions, 503 ramp",
+    )
+    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="exported models, photos")
+    args = p.parse_args(argv)
+    args.mode = args.mode or "quick"
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    args.names = names
+    return args
+
+
+def thread_settings(ctx: Context) -> dict[str, object]:
+    import torch
+
+    s = ctx.settings()
+    return {
+        "onnxruntime_intra_op_threads_setting": s.intra_op_threads,
+        "onnxruntime_threads_effective": s.intra_op_threads or ort_threads(),
+        "torch_num_threads": torch.get_num_threads(),
+        "service_max_concurrency": s.max_concurrency,
+        "service_max_queue": s.max_queue,
+        "service_queue_timeout_s": s.queue_timeout,
+    }
+
+
+def run(names: list[str], ctx: Context, out: Path, command: str) -> tuple[list[Figure], dict, Path]:
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    figures: list[Figure] = []
+    per_benchmark: dict[str, object] = {}
+    load_info: dict[str, object] = {"before": machine.load_snapshot()}
+    failed = []
+    try:
+        for name in names:
+            module = BENCHMARKS[name]
+            log.info("== %s", name)
+            t0 = time.perf_counter()
+            before = machine.load_average()
+            try:
+                found, details = module.run(ctx)
+            except Exception as err:
+                log.error("%s failed: %s", name, err)
+                failed.append(name)
+                per_benchmark[name] = {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(),
+                }
+                continue
+            figures += found
+            per_benchmark[name] = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "loadavg_before": before,
+                "loadavg_after": machine.load_average(),
+                **details,
+            }
+            for f in found:
+                log.info("%s: %s", f.status, f.label)
+    finally:
+        ctx.close()
+    if "server_start" in ctx.shared:
+        per_benchmark["shared_server"] = ctx.shared["server_start"]
+    load_info["after"] = machine.load_snapshot()
+    document = results_document(
+        figures,
+        mode=ctx.mode.name,
+        machine=machine.describe(thread_settings(ctx)),
+        load=load_info,
+        started=started_at.isoformat(timespec="seconds"),
+        duration_s=time.perf_counter() - started,
+        command=command,
+        benchmarks=per_benchmark,
+    )
+    document["failed"] = failed
+    name = machine.slug() + ("" if ctx.mode.quick else f"-{ctx.mode.name}")
+    path = write_json(document, out, started_at.strftime("%Y-%m-%d"), name)
+    path.with_suffix(".md").write_text(markdown_table(figures) + "\n")
+    return figures, document, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ctx = Context(mode=MODES[args.mode], cache_dir=args.cache)
+    command = " ".join(["python -m bench.run", *map(shlex.quote, (argv or sys.argv[1:]))])
+    log.info("mode %s; load average %s; %d CPUs", args.mode, machine.load_average(), os.cpu_count())
+    figures, document, path = run(args.names, ctx, args.out, command)
+    print()
+    print(text_table(figures))
+    print()
+    counts = document["summary"]
+    print(
+        f"{counts['PASS']} PASS, {counts['MISS']} MISS, {counts['INFO']} INFO; "
+        f"load average {document['load']['before']['loadavg_1_5_15']} -> "
+        f"{document['load']['after']['loadavg_1_5_15']}; results: {path}"
+    )
+    if document["failed"]:
+        print(f"benchmarks that could not run: {', '.join(document['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
