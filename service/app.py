@@ -19,6 +19,7 @@ from service.gate import WorkGate
 from service.metrics import Metrics
 from service.registry import Registry
 from service.routes import ServiceState, router
+from service.security import install_security
 from service.settings import Settings
 
 DESCRIPTION = """\
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app = FastAPI(title="verydeep", version=_version(), description=DESCRIPTION, lifespan=lifespan)
     app.state.service = state
     install_error_handlers(app)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    install_security(app, api_key, settings.cors_origins)
+    # Outermost: every request is logged and counted, refused ones (401, CORS) included.
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(router)
     return app

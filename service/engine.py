@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from model_store import Manifest, StoreEntry
+from model_store import EntryError, Manifest, StoreEntry
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,39 @@ class EngineError(Exception):
     """The ONNX file could not be loaded as the manifest describes it, or not on the device."""
 
 
+class InferenceError(RuntimeError):
+    """onnxruntime failed while running a loaded model (out of device memory, a kernel error).
+    The details are logged; ``model`` names the model."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"inference failed on model {model!r}")
+        self.model = model
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What ``os.stat`` says about a file: enough to notice that it was replaced or rewritten."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
 class Engine:
     """A loaded model: ``scores(batch)`` runs the fully-convolutional net (thread-safe).
 
     ``provider`` is the execution provider that runs the graph, read back from the session, so a
     silent fallback from CUDA to CPU is never reported as CUDA.
+
+    The ONNX file is read once; with ``verify`` the sha256 of exactly the bytes that onnxruntime
+    gets is checked against the manifest, so a file swapped between a check and the load cannot
+    be served. The session lives in memory: the file is never read again, and ``file_identity``
+    records what it was, for ``changed_on_disk``.
     """
 
     def __init__(
@@ -37,6 +67,7 @@ class Engine:
         device: Literal["auto", "cuda", "cpu"] = "auto",
         cuda_mem_limit: int | None = None,
         intra_op_threads: int = 0,
+        verify: bool = False,
     ) -> None:
         self.entry = entry
         self._manifest = entry.manifest
@@ -44,7 +75,9 @@ class Engine:
         self._input = onnx.input
         self._output = onnx.output
         self._dtype = np.dtype(onnx.dtype)
-        self._session = _open_session(entry, device, cuda_mem_limit, intra_op_threads)
+        model_bytes, self.file_identity = _read_model(entry, verify)
+        self._session = _open_session(entry, model_bytes, device, cuda_mem_limit, intra_op_threads)
+        del model_bytes
         self.provider = self._session.get_providers()[0]
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
@@ -63,10 +96,30 @@ class Engine:
         return self._manifest
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``."""
+        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``.
+        Raises InferenceError when onnxruntime fails (its message is logged, not passed on)."""
         feed = {self._input: batch.astype(self._dtype, copy=False)}
-        (out,) = self._session.run([self._output], feed)
+        try:
+            (out,) = self._session.run([self._output], feed)
+        except Exception as err:
+            log.error(
+                "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
+            )
+            raise InferenceError(self.name) from err
         return out.astype(np.float32, copy=False)
+
+    def changed_on_disk(self) -> str | None:
+        """None while the ONNX file is the one that was loaded (by size, mtime, inode), else what
+        changed. The answers do not change with it: the session was built from verified bytes."""
+        try:
+            now = FileIdentity.of(os.stat(self.entry.onnx_path))
+        except OSError as err:
+            return f"{self.entry.onnx_path.name} is no longer readable ({err.strerror})"
+        if now == self.file_identity:
+            return None
+        if (now.inode, now.device) != (self.file_identity.inode, self.file_identity.device):
+            return f"{self.entry.onnx_path.name} was replaced by another file"
+        return f"{self.entry.onnx_path.name} was modified"
 
     def warm_up(self, scales: list[int]) -> None:
         """Run a dense flip pair at each scale and one multi-crop batch, so that the first request
@@ -104,8 +157,32 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls failed: %s", err)
 
 
+def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
+    path = entry.onnx_path
+    try:
+        with open(path, "rb") as f:
+            identity = FileIdentity.of(os.fstat(f.fileno()))
+            data = f.read()
+    except OSError as err:
+        raise EntryError(entry.name, f"cannot read {path}: {err.strerror}") from None
+    if verify:
+        actual = hashlib.sha256(data).hexdigest()
+        expected = entry.manifest.onnx.sha256
+        if actual != expected:
+            raise EntryError(
+                entry.name,
+                f"sha256 mismatch for {entry.manifest.onnx.file}: manifest says {expected}, "
+                f"file has {actual}",
+            )
+    return data, identity
+
+
 def _open_session(
-    entry: StoreEntry, device: str, cuda_mem_limit: int | None, intra_op_threads: int
+    entry: StoreEntry,
+    model_bytes: bytes,
+    device: str,
+    cuda_mem_limit: int | None,
+    intra_op_threads: int,
 ) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -122,7 +199,7 @@ def _open_session(
             cuda_options["gpu_mem_limit"] = str(cuda_mem_limit)
         providers = [(CUDA, cuda_options), CPU]
     try:
-        session = ort.InferenceSession(str(entry.onnx_path), options, providers=providers)
+        session = ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as err:
         raise EngineError(f"onnxruntime cannot load {entry.onnx_path.name}: {err}") from None
     running = session.get_providers()[0]

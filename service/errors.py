@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.engine import InferenceError
 from service.imaging import ImageError, ImageShapeError, ImageTooLarge, UndecodableImage
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,19 @@ class UnknownModel(ServiceError):
 
 
 class PayloadTooLarge(ServiceError):
+    """The body is over the byte limit. The connection is closed after the answer: the rest of
+    the body (which may never end) is not read."""
+
     status, code = 413, "payload_too_large"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Connection": "close", **(headers or {})})
+
+
+class TooLargeForDevice(ServiceError):
+    """The views of the request would need a larger network batch than the device is allowed."""
+
+    status, code = 413, "too_large_for_device"
 
 
 class UnsupportedMediaType(ServiceError):
@@ -62,6 +75,14 @@ class Overloaded(ServiceError):
 
 class TimedOut(ServiceError):
     status, code = 504, "timeout"
+
+
+class InferenceFailed(ServiceError):
+    status, code = 503, "inference_failed"
+
+
+class OutOfMemory(ServiceError):
+    status, code = 503, "out_of_memory"
 
 
 IMAGE_ERRORS: dict[type[ImageError], tuple[int, str]] = {
@@ -109,6 +130,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
+    async def inference_error(request: Request, exc: Exception) -> JSONResponse:
+        # The engine logged what onnxruntime said; the client learns which model, not why.
+        assert isinstance(exc, InferenceError)
+        return _retryable(request, InferenceFailed(f"inference failed on model {exc.model!r}"))
+
+    async def memory_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("out of memory on %s %s", request.method, request.url.path)
+        return _retryable(request, OutOfMemory("the server ran out of memory for this request"))
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error")
@@ -117,7 +147,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(InferenceError, inference_error)
+    app.add_exception_handler(MemoryError, memory_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _retryable(request: Request, error: ServiceError) -> JSONResponse:
+    retry_after = getattr(request.app.state.service.settings, "retry_after", 1)
+    message = f"{error.message}; the request can be retried"
+    return error_response(error.status, error.code, message, {"Retry-After": str(retry_after)})
 
 
 def describe_validation_errors(errors: Any) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from service.errors import Overloaded, TimedOut
@@ -23,6 +24,10 @@ class WorkGate:
     ``request_timeout`` seconds before the client gets 504 (TimedOut); the job is then told to stop
     through the ``threading.Event`` it receives, and keeps its slot until it actually stops, so
     the number of running jobs never exceeds ``max_concurrency``.
+
+    ``admit`` bounds the requests in the service as a whole (reading their upload, waiting for a
+    slot or running) to ``max_concurrency + max_queue``: the next one is refused with 503 before
+    its body is read, so a flood of uploads cannot buffer more than that many bodies.
     """
 
     def __init__(
@@ -43,6 +48,28 @@ class WorkGate:
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="verydeep-work")
         self._slots = asyncio.Semaphore(max_concurrency)
         self._waiting = 0
+        self._admitted = 0
+
+    @property
+    def max_admitted(self) -> int:
+        return self.max_concurrency + self.max_queue
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold one of ``max_admitted`` places for the rest of a request, or raise Overloaded."""
+        if self._admitted >= self.max_admitted:
+            raise self._overloaded(f"{self._admitted} requests already admitted")
+        self._admitted += 1
+        self._set_admitted()
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self._set_admitted()
 
     async def run(self, job: Callable[[threading.Event], T]) -> tuple[T, float]:
         """``(job's result, seconds spent waiting for a slot)``."""
@@ -111,3 +138,7 @@ class WorkGate:
     def _set_queued(self) -> None:
         if self._metrics is not None:
             self._metrics.queued.set(self._waiting)
+
+    def _set_admitted(self) -> None:
+        if self._metrics is not None:
+            self._metrics.admitted.set(self._admitted)

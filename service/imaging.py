@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ BACKGROUND = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_DECLARED_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageError(ValueError):
@@ -92,7 +94,7 @@ def decode(
     try:
         im = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(str(err)) from None
+        raise _bomb(err, limits) from None
     except UnidentifiedImageError:
         raise UndecodableImage(
             f"not a decodable image (supported formats: {', '.join(formats)})"
@@ -124,7 +126,7 @@ def decode(
                 drafted = im.size != stored
         im.load()
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(str(err)) from None
+        raise _bomb(err, limits) from None
     except Exception as err:  # decoders raise many types on hostile input; all mean "corrupt"
         raise UndecodableImage(f"cannot decode the image: {err}") from None
     try:
@@ -138,6 +140,13 @@ def decode(
     if not drafted:
         width, height = rgb.size
     return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+def _bomb(err: Image.DecompressionBombError, limits: ImageLimits) -> ImageTooLarge:
+    """Pillow's own bomb check fired (at twice its limit): say it with our limit."""
+    declared = _DECLARED_PIXELS.search(str(err))
+    size = f"{declared.group(1)} pixels" if declared else "far more pixels than allowed"
+    return ImageTooLarge(f"the image header declares {size}; the limit is {limits.max_pixels}")
 
 
 @functools.cache
@@ -170,8 +179,9 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Im
         grey = np.asarray(im).astype(np.float32) / 257.0
         return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
     if im.mode in ("I", "F"):
-        grey = np.clip(np.asarray(im), 0, 255)
-        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+        # NaN (a float TIFF may hold any bits) would cast to an undefined byte: black instead.
+        grey = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     if has_alpha:
         rgba = im.convert("RGBA")

@@ -41,6 +41,11 @@ class Metrics:
             "Requests decoding or inferring now",
             registry=self.registry,
         )
+        self.admitted = Gauge(
+            "verydeep_classify_admitted",
+            "Requests admitted now: reading their upload, waiting for a slot or running",
+            registry=self.registry,
+        )
         self.queued = Gauge(
             "verydeep_classify_queued",
             "Requests waiting for a slot now",

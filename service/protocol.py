@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from model_store import Manifest, Preprocessing
-from service.imaging import rescale, to_input
+from service.imaging import rescale, rescaled_size, to_input
 
 Method = Literal["dense", "multicrop", "combined"]
 METHODS: tuple[Method, ...] = ("dense", "multicrop", "combined")
@@ -81,6 +81,37 @@ def views_per_scale(method: Method, flip: bool) -> int:
     per_position = 2 if flip else 1
     dense, multicrop = per_position, GRID * GRID * per_position
     return {"dense": dense, "multicrop": multicrop, "combined": dense + multicrop}[method]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The shape ``(n, height, width)`` of one network call, at test scale ``q``."""
+
+    q: int
+    n: int
+    height: int
+    width: int
+
+    @property
+    def pixels(self) -> int:
+        return self.n * self.height * self.width
+
+
+def largest_batch(
+    size: tuple[int, int], scales: Sequence[int], flip: bool, method: Method
+) -> Batch:
+    """The largest network call that classifying an image of ``size`` (width, height) makes:
+    dense runs the whole rescaled image and its mirror in one call, multicrop all crops of a
+    scale in another. Activation memory grows with its ``pixels``."""
+    per_position = 2 if flip else 1
+    batches = []
+    for q in scales:
+        width, height = rescaled_size(size[0], size[1], q)
+        if method in ("dense", "combined"):
+            batches.append(Batch(q, per_position, height, width))
+        if method in ("multicrop", "combined"):
+            batches.append(Batch(q, GRID * GRID * per_position, CROP, CROP))
+    return max(batches, key=lambda b: b.pixels)
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -3,6 +3,11 @@
 Loading verifies each entry (manifest, ONNX sha256), opens its session and warms it up at its test
 scales. An entry that fails any step is skipped with its reason, as is a named ensemble with a
 missing member or members that disagree on labels; everything else is served.
+
+A request's ``model`` parameter is only ever looked up among the names loaded here: it never
+becomes a path, so no request can reach a file outside (or inside) the store. Sessions are built
+from the verified bytes and live in memory; an ONNX file changed on disk after start-up changes
+no answer, and ``changed_on_disk`` reports it (a restart would verify it again).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from model_store import ModelStore, StoreError
+from model_store.manifest import NAME_PATTERN
 from service.engine import Engine, EngineError
 from service.errors import InvalidParameter, UnknownModel
 from service.settings import Settings
@@ -21,6 +27,15 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed"]
+
+MAX_SPEC_LENGTH = 1024
+"""Longest ``model`` parameter: enough for a comma list of 15 names of the longest kind."""
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``repr(text)`` cut to ``limit`` characters, to quote client input in an error message."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else f"{quoted[: limit - 5]}...{quoted[-1]}"
 
 
 @dataclass(frozen=True)
@@ -139,9 +154,20 @@ class Registry:
             time.perf_counter() - started,
         )
 
+    def changed_on_disk(self) -> dict[str, str]:
+        """``{model: what changed}`` for loaded models whose ONNX file is no longer the one that
+        was loaded (one ``stat`` per model)."""
+        changes = {name: engine.changed_on_disk() for name, engine in sorted(self.models.items())}
+        return {name: change for name, change in changes.items() if change}
+
     def resolve(self, spec: str | None) -> Resolved:
         """A ``model`` parameter (model, ensemble, comma list, or None for the default) to the
         engines that run it. Raises UnknownModel (404) or InvalidParameter (422)."""
+        if spec is not None and len(spec) > MAX_SPEC_LENGTH:
+            raise InvalidParameter(
+                f"model: {len(spec)} characters; at most {MAX_SPEC_LENGTH} (names are 1-64 "
+                "characters, comma-separated)"
+            )
         if spec is None or not spec.strip():
             if self._default is None:
                 raise UnknownModel(
@@ -153,18 +179,18 @@ class Registry:
         if "," in spec:
             names = [part.strip() for part in spec.split(",")]
             if any(not n for n in names):
-                raise InvalidParameter(f"model: empty name in the list {spec!r}")
+                raise InvalidParameter(f"model: empty name in the list {shown(spec)}")
             if len(set(names)) != len(names):
-                raise InvalidParameter(f"model: a model is listed twice in {spec!r}")
+                raise InvalidParameter(f"model: a model is listed twice in {shown(spec)}")
             for n in names:
                 if n in ensembles:
                     raise InvalidParameter(
-                        f"model: {n!r} is an ensemble; a comma list names models only"
+                        f"model: {shown(n)} is an ensemble; a comma list names models only"
                     )
             members = tuple(self._model(n, models) for n in names)
             labels = {tuple(m.manifest.labels) for m in members}
             if len(labels) != 1:
-                raise InvalidParameter(f"model: the models of {spec!r} have different labels")
+                raise InvalidParameter(f"model: the models of {shown(spec)} have different labels")
             return Resolved(",".join(names), members)
         if spec in ensembles:
             return Resolved(spec, tuple(models[n] for n in ensembles[spec]))
@@ -173,12 +199,17 @@ class Registry:
     def _model(self, name: str, models: dict[str, Engine]) -> Engine:
         if name in models:
             return models[name]
+        known = sorted(models) + sorted(self.ensembles)
+        if not NAME_PATTERN.fullmatch(name):
+            raise UnknownModel(
+                f"unknown model {shown(name)}: not a model name (1-64 letters, digits, '.', '_' "
+                f"or '-', starting with a letter or digit); available: {', '.join(known) or 'none'}"
+            )
         for s in self.skipped:
             if s.name == name:
                 raise UnknownModel(f"{s.kind} {name!r} is not available: {s.reason}")
         if self._state == "loading":
             raise UnknownModel(f"unknown model {name!r} (the store is still loading)")
-        known = sorted(models) + sorted(self.ensembles)
         raise UnknownModel(f"unknown model {name!r}; available: {', '.join(known) or 'none'}")
 
     def _skip(self, name: str, kind: Literal["model", "ensemble"], reason: str) -> None:
@@ -194,12 +225,14 @@ class Registry:
             if self._stopping.is_set():
                 raise StoreError("loading stopped: the service is shutting down")
             try:
-                entry = self.store.read(name, verify=True)
+                # The sha256 is checked on the bytes the session is built from (one read).
+                entry = self.store.read(name, verify=False)
                 engine = Engine(
                     entry,
                     device=s.device,
                     cuda_mem_limit=s.cuda_mem_limit,
                     intra_op_threads=s.intra_op_threads,
+                    verify=True,
                 )
                 if s.warmup:
                     engine.warm_up(entry.manifest.test_scales)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,12 +14,12 @@ from fastapi.responses import JSONResponse
 
 from service import protocol
 from service.access_log import LOG_FIELDS
-from service.errors import InvalidParameter, NotReady
+from service.errors import InvalidParameter, NotReady, TooLargeForDevice
 from service.gate import WorkGate
 from service.imaging import DecodedImage, decode
 from service.metrics import Metrics
 from service.protocol import Classification, Method
-from service.registry import Registry, Resolved
+from service.registry import Registry, Resolved, shown
 from service.schemas import (
     ClassifyResponse,
     EnsembleInfo,
@@ -36,6 +38,8 @@ from service.settings import Settings
 from service.upload import FIELD, read_image_bytes
 
 DEFAULT_TOP_K = 5
+QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k")
+_DIGITS = re.compile(r"[0-9]{1,6}")
 
 router = APIRouter()
 
@@ -78,7 +82,7 @@ _UPLOAD_BODY = {
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses=_errors(400, 404, 413, 415, 422, 503, 504),
+    responses=_errors(400, 404, 413, 415, 422, 500, 503, 504),
     openapi_extra=_UPLOAD_BODY,
     summary="Classify an image with the paper's test protocol",
 )
@@ -112,27 +116,30 @@ async def classify_image(
         )
     log_fields: dict[str, Any] = {"protocol": method, "flip": flip}
     setattr(request.state, LOG_FIELDS, log_fields)
+    check_query(request)
     resolved = registry.resolve(model)
     log_fields["model"] = resolved.name
     requested_scales = parse_scales(scales, settings) if scales is not None else None
     k = _top_k(top_k, resolved.num_classes)
-    data = await read_image_bytes(request, settings.max_upload_bytes)
-    log_fields["bytes"] = len(data)
 
     limits = settings.image_limits()
-    largest_q = max(requested_scales or _default_scales(resolved))
-    draft_q = largest_q if settings.jpeg_draft else None
+    all_scales = requested_scales or _default_scales(resolved)
+    draft_q = max(all_scales) if settings.jpeg_draft else None
 
     def work(cancel: threading.Event) -> tuple[DecodedImage, Classification, float, float]:
         t0 = time.perf_counter()
         decoded = decode(data, limits, max_scale=draft_q)
+        check_batch(decoded.image.size, all_scales, flip, method, settings.max_batch_pixels)
         t1 = time.perf_counter()
         result = protocol.classify(
             resolved.members, decoded.image, requested_scales, flip, method, cancel=cancel
         )
         return decoded, result, t1 - t0, time.perf_counter() - t1
 
-    (decoded, result, decode_s, inference_s), queue_s = await gate.run(work)
+    async with gate.admit():
+        data = await read_image_bytes(request, settings.max_upload_bytes)
+        log_fields["bytes"] = len(data)
+        (decoded, result, decode_s, inference_s), queue_s = await gate.run(work)
     total_s = time.perf_counter() - arrived
 
     labels = resolved.labels
@@ -166,26 +173,50 @@ async def classify_image(
     return response
 
 
+def check_query(request: Request) -> None:
+    """A parameter given twice is ambiguous (proxies and frameworks disagree on which one
+    counts): 422. ``top_k`` must be plain ASCII digits (no '2_0', '+3' or '٣')."""
+    counts = Counter(key for key, _ in request.query_params.multi_items())
+    repeated = [name for name in QUERY_PARAMETERS if counts[name] > 1]
+    if repeated:
+        raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
+    top_k = request.query_params.get("top_k")
+    if top_k is not None and not _DIGITS.fullmatch(top_k.strip()):
+        raise InvalidParameter(f"top_k: {shown(top_k)} is not a positive integer")
+
+
+def check_batch(
+    size: tuple[int, int], scales: list[int], flip: bool, method: Method, max_pixels: int
+) -> None:
+    """Refuse, before any network runs, a request whose largest network call would exceed
+    ``max_pixels`` (N x H x W): 413 too_large_for_device."""
+    batch = protocol.largest_batch(size, scales, flip, method)
+    if batch.pixels > max_pixels:
+        raise TooLargeForDevice(
+            f"at Q={batch.q} the {method} views of this {size[0]}x{size[1]} image need a batch "
+            f"of {batch.n} x {batch.height} x {batch.width} = {batch.pixels} pixels; the limit "
+            f"(VERYDEEP_MAX_BATCH_PIXELS) is {max_pixels}: ask for smaller scales or flip=false"
+        )
+
+
 def parse_scales(text: str, settings: Settings) -> list[int]:
-    """``"256,384,512"`` to ``[256, 384, 512]``; each Q in [224, max_scale], no repeats."""
+    """``"256,384,512"`` to ``[256, 384, 512]``; each Q in [224, max_scale], no repeats. Only
+    ASCII digits count (Python's ``int`` would take '2_56', '+256' or Unicode digits)."""
     parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
+    if not all(_DIGITS.fullmatch(p) for p in parts):
+        raise InvalidParameter(f"scales: {shown(text)} is not a comma-separated list of integers")
+    values = [int(p) for p in parts]
+    if len(values) > settings.max_scales_per_request:
         raise InvalidParameter(
-            f"scales: {text!r} is not a comma-separated list of integers"
-        ) from None
+            f"scales: {len(values)} scales; at most {settings.max_scales_per_request} per request"
+        )
     bad = [q for q in values if not 224 <= q <= settings.max_scale]
     if bad:
         raise InvalidParameter(
             f"scales: {bad} out of range; each Q must be in [224, {settings.max_scale}]"
         )
     if len(set(values)) != len(values):
-        raise InvalidParameter(f"scales: {text!r} lists a scale twice")
-    if len(values) > settings.max_scales_per_request:
-        raise InvalidParameter(
-            f"scales: {len(values)} scales; at most {settings.max_scales_per_request} per request"
-        )
+        raise InvalidParameter(f"scales: {shown(text)} lists a scale twice")
     return values
 
 
@@ -219,6 +250,7 @@ async def list_models(request: Request) -> ModelsResponse:
             for name, members in sorted(registry.ensembles.items())
         ],
         skipped=_skipped(registry),
+        changed_on_disk=registry.changed_on_disk(),
     )
 
 
@@ -237,13 +269,24 @@ async def readyz(request: Request) -> Response:
     service = _service(request)
     registry = service.registry
     ready = registry.ready and service.gate is not None
+    changed = registry.changed_on_disk()
+    problem = registry.problem
+    if changed and not problem:
+        problem = (
+            "model files changed on disk since they were loaded ("
+            + "; ".join(f"{name}: {change}" for name, change in changed.items())
+            + "): the "
+            "verified copies loaded at start-up are still served; a restart verifies the store "
+            "again"
+        )
     body = ReadyResponse(
         ready=ready,
         state=registry.state,
         models=sorted(registry.models),
         ensembles=sorted(registry.ensembles),
         skipped=_skipped(registry),
-        problem=registry.problem,
+        changed_on_disk=changed,
+        problem=problem,
         error=None
         if ready
         else ErrorDetail(

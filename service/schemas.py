@@ -95,6 +95,11 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     ensembles: list[EnsembleInfo]
     skipped: list[SkippedInfo] = Field(description="store entries that are not served, and why")
+    changed_on_disk: dict[str, str] = Field(
+        default_factory=dict,
+        description="served models whose ONNX file changed on disk after loading, and how; "
+        "they still answer from the verified copy loaded at start-up",
+    )
 
 
 class HealthResponse(BaseModel):
@@ -107,5 +112,9 @@ class ReadyResponse(BaseModel):
     models: list[str] = Field(description="loaded and warmed-up models")
     ensembles: list[str]
     skipped: list[SkippedInfo]
+    changed_on_disk: dict[str, str] = Field(
+        default_factory=dict,
+        description="served models whose ONNX file changed on disk after loading, and how",
+    )
     problem: str | None = Field(None, description="why not ready, or what is amiss though ready")
     error: ErrorDetail | None = Field(None, description="set with status 503")

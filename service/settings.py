@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.imaging import ImageLimits
 
 Device = Literal["auto", "cuda", "cpu"]
+
+_ORIGIN = re.compile(r"^https?://[^\s/?#]+$")
 
 
 class Settings(BaseSettings):
@@ -56,21 +59,67 @@ class Settings(BaseSettings):
         "largest requested Q still fits",
     )
 
+    max_batch_pixels: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        description="largest N x H x W of one network call; a request whose views need more is "
+        "refused with 413 before inference (bounds activation memory on the device)",
+    )
+
     max_concurrency: int = Field(2, ge=1, description="requests decoding or inferring at once")
-    max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="requests waiting for a slot before 503; at most max_concurrency + max_queue "
+        "requests are admitted at once (reading their upload, waiting or running)",
+    )
     queue_timeout: float = Field(10.0, ge=0, description="seconds a request waits for a slot")
     request_timeout: float = Field(
         120.0, gt=0, description="seconds for decoding and inference of one request"
     )
     retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 503")
+    shutdown_timeout: float = Field(
+        20.0,
+        ge=0,
+        description="seconds requests in flight may take to finish after SIGTERM before the "
+        "server stops anyway",
+    )
+
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, every route but /healthz and /readyz needs "
+        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated origins allowed by CORS (e.g. https://app.example.com), "
+        "or '*'; empty: no cross-origin access",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
-    @field_validator("default_model", mode="before")
+    @field_validator("default_model", "api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port] without a path, or '*'"
+                )
+        return origins
 
     def image_limits(self) -> ImageLimits:
         """What ``imaging.decode`` refuses under these settings."""

@@ -22,6 +22,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.max_upload_bytes == 20 * 1024 * 1024
     assert s.max_image_pixels == 40_000_000
     assert (s.max_scale, s.max_concurrency) == (1024, 2)
+    assert s.max_batch_pixels == 8 * 1024 * 1024 and s.shutdown_timeout == 20.0
+    assert s.api_key is None and s.cors_origins == []
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,158 @@
+"""Who may call the service: an optional API key, and CORS (closed unless origins are configured).
+
+With ``VERYDEEP_API_KEY`` set, every request but ``/healthz`` and ``/readyz`` (probes carry no
+secrets) must send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; /docs, /openapi.json,
+/metrics and unknown paths included, so that nothing about the service shows without the key. The
+key is compared in constant time (``hmac.compare_digest``); when both headers are sent, both must
+hold the key. Anything else gets 401 with the JSON error shape and ``WWW-Authenticate: Bearer``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+"""Paths that never need the key: liveness and readiness probes."""
+
+API_KEY_HEADER = "X-API-Key"
+UNAUTHORIZED_CODE = "unauthorized"
+
+
+class ApiKeyMiddleware:
+    """Refuses requests without the configured key (pure ASGI: the body is never read)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        if not api_key:
+            raise ValueError("an empty API key would let everyone in")
+        self.app = app
+        self._key = api_key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            UNAUTHORIZED_CODE,
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or "
+            f"'{API_KEY_HEADER}: <key>'",
+            headers={"WWW-Authenticate": 'Bearer realm="verydeep"'},
+        )
+        await response(scope, receive, send)
+
+    def authorized(self, scope: Scope) -> bool:
+        offered = []
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    offered.append(token.strip())
+            elif name == b"x-api-key":
+                offered.append(value.strip())
+        # Every offered credential must be the key (a wrong one next to a right one is refused),
+        # and each is compared in full, so the time taken tells nothing about the key.
+        matches = [hmac.compare_digest(token, self._key) for token in offered]
+        return bool(matches) and all(matches)
+
+
+class CloseUnreadBodies:
+    """A response sent before the request body was read to its end (a refusal: 401, 404, 413,
+    415, 422, 503) says ``Connection: close``. The server then closes the connection instead of
+    reading and discarding the rest of a body that may never end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def tracking_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            finished = message["type"] == "http.request" and not message.get("more_body", False)
+            if finished or message["type"] == "http.disconnect":
+                body_done = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" for name, _ in headers):
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, tracking_receive, closing_send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def install_security(app: FastAPI, api_key: str | None, cors_origins: list[str]) -> None:
+    """Add the API key check (inner) and CORS (outer, so that preflight requests, which carry
+    no credentials, are answered by CORS and 401 responses still carry CORS headers), and
+    around both, ``CloseUnreadBodies``."""
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+        app.openapi = _openapi_with_security(app)  # type: ignore[method-assign]
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", API_KEY_HEADER, "Content-Type"],
+            expose_headers=["Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.add_middleware(CloseUnreadBodies)
+
+
+def _openapi_with_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document says which routes need the key and documents their 401."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+        }
+        schema["security"] = [{"bearer": []}, {"apiKey": []}]
+        error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                if path in OPEN_PATHS:
+                    operation["security"] = []
+                    continue
+                operation.setdefault("responses", {})["401"] = {
+                    "description": "missing or wrong API key",
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
