@@ -67,6 +67,7 @@ class Engine:
         device: Literal["auto", "cuda", "cpu"] = "auto",
         cuda_mem_limit: int | None = None,
         intra_op_threads: int = 0,
+        max_batch: int = 10,
         verify: bool = False,
     ) -> None:
         self.entry = entry
@@ -75,6 +76,7 @@ class Engine:
         self._input = onnx.input
         self._output = onnx.output
         self._dtype = np.dtype(onnx.dtype)
+        self.max_batch = max_batch
         model_bytes, self.file_identity = _read_model(entry, verify)
         self._session = _open_session(entry, model_bytes, device, cuda_mem_limit, intra_op_threads)
         del model_bytes
@@ -96,8 +98,15 @@ class Engine:
         return self._manifest
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``.
-        Raises InferenceError when onnxruntime fails (its message is logged, not passed on)."""
+        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
+        in calls of at most ``max_batch`` images. Raises InferenceError when onnxruntime fails
+        (its message is logged, not passed on)."""
+        if len(batch) <= self.max_batch:
+            return self._run(batch)
+        step = self.max_batch
+        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input: batch.astype(self._dtype, copy=False)}
         try:
             (out,) = self._session.run([self._output], feed)
@@ -122,11 +131,11 @@ class Engine:
         return f"{self.entry.onnx_path.name} was modified"
 
     def warm_up(self, scales: list[int]) -> None:
-        """Run a dense flip pair at each scale and one multi-crop batch, so that the first request
-        does not pay for memory arenas and kernel selection."""
+        """Run a dense flip pair at each scale and one call of multi-crop crops, so that the first
+        request does not pay for memory arenas and kernel selection."""
         for q in scales:
             self.scores(np.zeros((2, 3, q, q), dtype=np.float32))
-        self.scores(np.zeros((50, 3, 224, 224), dtype=np.float32))
+        self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
 
 
 def cuda_usable() -> bool:

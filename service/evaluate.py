@@ -213,6 +213,7 @@ def plan(
                 device=settings.device,
                 cuda_mem_limit=settings.cuda_mem_limit,
                 intra_op_threads=settings.intra_op_threads,
+                max_batch=settings.max_batch,
             )
         except Exception as err:  # a broken entry, or an ONNX file onnxruntime refuses
             raise EvaluationError(f"cannot load {name!r}: {err}") from None

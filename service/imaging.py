@@ -9,6 +9,7 @@ CHW. The offline evaluator calls these same functions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -129,12 +130,12 @@ def decode(
         raise _bomb(err, limits) from None
     except Exception as err:  # decoders raise many types on hostile input; all mean "corrupt"
         raise UndecodableImage(f"cannot decode the image: {err}") from None
+    # In place, so an upright image (most photos) is not copied; a malformed EXIF block is
+    # metadata, and the pixels still count.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(im, in_place=True)
     try:
-        upright = ImageOps.exif_transpose(im)
-    except Exception:  # a malformed EXIF block is metadata; the pixels still count
-        upright = im
-    try:
-        rgb = to_rgb(upright)
+        rgb = to_rgb(im)
     except Exception as err:
         raise UndecodableImage(f"cannot convert {im.mode} pixels to RGB: {err}") from None
     if not drafted:

@@ -98,11 +98,15 @@ class Batch:
 
 
 def largest_batch(
-    size: tuple[int, int], scales: Sequence[int], flip: bool, method: Method
+    size: tuple[int, int],
+    scales: Sequence[int],
+    flip: bool,
+    method: Method,
+    max_batch: int | None = None,
 ) -> Batch:
     """The largest network call that classifying an image of ``size`` (width, height) makes:
-    dense runs the whole rescaled image and its mirror in one call, multicrop all crops of a
-    scale in another. Activation memory grows with its ``pixels``."""
+    dense runs the whole rescaled image and its mirror in one call, multicrop the crops of a
+    scale in calls of at most ``max_batch``. Activation memory grows with its ``pixels``."""
     per_position = 2 if flip else 1
     batches = []
     for q in scales:
@@ -110,7 +114,8 @@ def largest_batch(
         if method in ("dense", "combined"):
             batches.append(Batch(q, per_position, height, width))
         if method in ("multicrop", "combined"):
-            batches.append(Batch(q, GRID * GRID * per_position, CROP, CROP))
+            crops = GRID * GRID * per_position
+            batches.append(Batch(q, min(crops, max_batch or crops), CROP, CROP))
     return max(batches, key=lambda b: b.pixels)
 
 

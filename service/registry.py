@@ -232,6 +232,7 @@ class Registry:
                     device=s.device,
                     cuda_mem_limit=s.cuda_mem_limit,
                     intra_op_threads=s.intra_op_threads,
+                    max_batch=s.max_batch,
                     verify=True,
                 )
                 if s.warmup:

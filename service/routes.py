@@ -129,7 +129,7 @@ async def classify_image(
     def work(cancel: threading.Event) -> tuple[DecodedImage, Classification, float, float]:
         t0 = time.perf_counter()
         decoded = decode(data, limits, max_scale=draft_q)
-        check_batch(decoded.image.size, all_scales, flip, method, settings.max_batch_pixels)
+        check_batch(decoded.image.size, all_scales, flip, method, settings)
         t1 = time.perf_counter()
         result = protocol.classify(
             resolved.members, decoded.image, requested_scales, flip, method, cancel=cancel
@@ -186,11 +186,12 @@ def check_query(request: Request) -> None:
 
 
 def check_batch(
-    size: tuple[int, int], scales: list[int], flip: bool, method: Method, max_pixels: int
+    size: tuple[int, int], scales: list[int], flip: bool, method: Method, settings: Settings
 ) -> None:
     """Refuse, before any network runs, a request whose largest network call would exceed
-    ``max_pixels`` (N x H x W): 413 too_large_for_device."""
-    batch = protocol.largest_batch(size, scales, flip, method)
+    ``max_batch_pixels`` (N x H x W): 413 too_large_for_device."""
+    max_pixels = settings.max_batch_pixels
+    batch = protocol.largest_batch(size, scales, flip, method, settings.max_batch)
     if batch.pixels > max_pixels:
         raise TooLargeForDevice(
             f"at Q={batch.q} the {method} views of this {size[0]}x{size[1]} image need a batch "

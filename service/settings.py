@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "largest requested Q still fits",
     )
 
+    max_batch: int = Field(
+        10,
+        ge=1,
+        description="images per onnxruntime call: multi-crop's 25 or 50 crops of a scale run in "
+        "chunks of this many (the memory arena keeps the largest call's activations for good)",
+    )
     max_batch_pixels: int = Field(
         8 * 1024 * 1024,
         gt=0,

@@ -52,3 +52,15 @@ def test_unloadable_onnx_is_an_engine_error(service_store: ModelStore, tmp_path:
     entry = ModelStore(root).read("tiny-d", verify=False)
     with pytest.raises(EngineError, match="cannot load"):
         Engine(entry, device="cpu")
+
+
+def test_large_batches_run_in_chunks_of_max_batch(service_store: ModelStore) -> None:
+    entry = service_store.read("tiny-d")
+    whole = Engine(entry, device="cpu", intra_op_threads=1, max_batch=50)
+    chunked = Engine(entry, device="cpu", intra_op_threads=1, max_batch=3)
+    calls: list[int] = []
+    run = chunked._run
+    chunked._run = lambda b: calls.append(len(b)) or run(b)  # type: ignore[method-assign]
+    batch = np.random.default_rng(0).normal(size=(7, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(chunked.scores(batch), whole.scores(batch), rtol=1e-5, atol=1e-6)
+    assert calls == [3, 3, 1]
