@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from model_store import StoreError
+from model_store import CONFIGS, StoreError
 
 TORCHVISION_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19")
 
@@ -32,6 +33,133 @@ def register(commands: Any) -> None:
     _store_args(p)
     p.set_defaults(handler=_import_torchvision)
 
+    p = commands.add_parser(
+        "train",
+        help="train a VGG configuration with the paper's protocol (torchrun for several GPUs)",
+        description="Train a VGG configuration with the paper's protocol (VGG §3.1): SGD, "
+        "momentum 0.9, weight decay 5e-4, batch 256, dropout 0.5, lr 1e-2 divided by 10 when "
+        "validation accuracy stops improving (three times, then stop), random 224 crops of "
+        "images rescaled to S (fixed or jittered), flips, PCA colour shift, mean RGB "
+        "subtraction. Run under torchrun for several GPUs or nodes.",
+    )
+    _train_args(p)
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser(
+        "make-shapes", help="write a labelled `shapes` image folder (ImageFolder layout)"
+    )
+    p.add_argument("dir", help="output folder (created; DIR/<class>/*.jpg)")
+    p.add_argument("--per-class", type=_positive_int, default=500, help="images per class")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
+    p.set_defaults(handler=_make_shapes)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--config", choices=CONFIGS, default="A", help="Table 1 configuration")
+    g.add_argument("--width", type=float, default=1.0, help="conv width multiplier (default 1)")
+    g.add_argument("--fc-width", type=_positive_int, default=4096, help="fc6/fc7 width")
+    g.add_argument(
+        "--init", choices=("normal", "glorot"), default="normal",
+        help="random init: the paper's N(0, 1e-2) (default) or Glorot & Bengio",
+    )  # fmt: skip
+    g.add_argument(
+        "--init-from", metavar="CKPT",
+        help="fine-tune every layer from a checkpoint of the same config (e.g. S=384 from "
+        "S=256, or jittered S from S=384); lr defaults to 1e-3",
+    )  # fmt: skip
+    g.add_argument(
+        "--init-from-a", metavar="CKPT",
+        help="initialise the first four convs and the three FC layers from a trained config A",
+    )  # fmt: skip
+
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="DIR", help="training image folder (DIR/<class>/*)")
+    src.add_argument("--dataset", choices=("shapes",), help="the built-in procedural dataset")
+    g.add_argument(
+        "--val-data", metavar="DIR",
+        help="validation image folder (default: hold out --val-fraction of --data; for "
+        "--dataset shapes a generated set with seed + 1)",
+    )  # fmt: skip
+    g.add_argument("--val-fraction", type=float, default=0.05, help="held-out share (0.05)")
+    g.add_argument("--shapes-per-class", type=_positive_int, default=500)
+    g.add_argument("--shapes-val-per-class", type=_positive_int, default=100)
+    g.add_argument("--shapes-seed", type=int, default=0)
+    g.add_argument(
+        "--data-cache", metavar="DIR", help="where shapes are generated (~/.cache/verydeep)"
+    )
+    g.add_argument(
+        "--scale", type=_train_scale, metavar="S", help="fixed training scale S (default 256)"
+    )
+    g.add_argument("--scale-min", type=_train_scale, metavar="S_MIN", help="jittered S: minimum")
+    g.add_argument("--scale-max", type=_train_scale, metavar="S_MAX", help="jittered S: maximum")
+    g.add_argument(
+        "--color-shift", type=float, default=0.1,
+        help="std of the PCA colour shift coefficients (0.1; 0 turns it off)",
+    )  # fmt: skip
+    g.add_argument("--workers", type=int, help="data-loading processes per process (4)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_positive_int, help="at most this many epochs (74)")
+    g.add_argument("--lr", type=float, help="initial learning rate (1e-2; 1e-3 with --init-from)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument(
+        "--batch-size", type=_positive_int, default=256,
+        help="effective batch over all processes (256)",
+    )  # fmt: skip
+    g.add_argument(
+        "--micro-batch", type=_positive_int,
+        help="images per forward pass; gradients accumulate to --batch-size (default: all)",
+    )  # fmt: skip
+    g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout (0.5)")
+    g.add_argument(
+        "--patience", type=int, default=2,
+        help="epochs without a better validation accuracy before lr / 10 (2)",
+    )  # fmt: skip
+    g.add_argument(
+        "--warmup-epochs", type=float, default=0.0,
+        help="linear lr warm-up (not in the paper; helps narrow nets from scratch)",
+    )  # fmt: skip
+    g.add_argument(
+        "--clip-grad-norm", type=float, metavar="NORM",
+        help="clip the batch gradient's norm (not in the paper; off by default)",
+    )  # fmt: skip
+    g.add_argument("--max-steps", type=_positive_int, help="stop (with a checkpoint) after N steps")
+    g.add_argument("--val-flip", action="store_true", help="validate with flipped views too")
+    g.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed precision (default: on for CUDA)",
+    )  # fmt: skip
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/train", help="run folder (checkpoints, logs, curves)")
+    g.add_argument(
+        "--resume", nargs="?", const="auto", metavar="CKPT",
+        help="continue a run from OUT/last.pt (or CKPT) with its saved options; --epochs, "
+        "--max-steps, --workers, --device and --amp may be changed",
+    )  # fmt: skip
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _train_scale(text: str) -> int:
+    value = int(text)
+    if value < 224:
+        raise argparse.ArgumentTypeError(f"a training scale must be >= 224, got {value}")
+    return value
+
 
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="model store directory")
@@ -42,6 +170,11 @@ def _store_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated default test scales Q (default: from the training scale, paper §4.2)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing entry")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights, input and output (half the size; for CUDA hosts)",
+    )
 
 
 def _scales(text: str) -> list[int]:
@@ -73,7 +206,12 @@ def _export(args: argparse.Namespace) -> int:
     from training.export_checkpoint import export_checkpoint
 
     entry = export_checkpoint(
-        args.checkpoint, args.store, args.name, test_scales=args.test_scales, overwrite=args.force
+        args.checkpoint,
+        args.store,
+        args.name,
+        test_scales=args.test_scales,
+        overwrite=args.force,
+        dtype=_dtype(args),
     )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
@@ -90,6 +228,88 @@ def _import_torchvision(args: argparse.Namespace) -> int:
         weights=args.weights,
         test_scales=args.test_scales,
         overwrite=args.force,
+        dtype=_dtype(args),
     )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
+
+
+@_fail_cleanly
+def _train(args: argparse.Namespace) -> int:
+    from training.train import TrainError, TrainOptions, train
+
+    if args.scale is not None and (args.scale_min is not None or args.scale_max is not None):
+        raise TrainError("give --scale S or --scale-min/--scale-max, not both")
+    if (args.scale_min is None) != (args.scale_max is None):
+        raise TrainError("give both --scale-min and --scale-max")
+    s_min = args.scale_min or args.scale or 256
+    s_max = args.scale_max or args.scale or 256
+    opts = TrainOptions(
+        out=args.out,
+        config=args.config,
+        data=args.data,
+        dataset=args.dataset,
+        val_data=args.val_data,
+        val_fraction=args.val_fraction,
+        shapes_per_class=args.shapes_per_class,
+        shapes_val_per_class=args.shapes_val_per_class,
+        shapes_seed=args.shapes_seed,
+        data_cache=args.data_cache,
+        width=args.width,
+        fc_width=args.fc_width,
+        scale_min=s_min,
+        scale_max=s_max,
+        epochs=args.epochs or 74,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        dropout=args.dropout,
+        color_shift=args.color_shift,
+        patience=args.patience,
+        warmup_epochs=args.warmup_epochs,
+        clip_grad_norm=args.clip_grad_norm,
+        max_steps=args.max_steps,
+        val_flip=args.val_flip,
+        workers=4 if args.workers is None else args.workers,
+        init=args.init,
+        init_from=args.init_from,
+        init_from_a=args.init_from_a,
+        seed=args.seed,
+        device=args.device or "auto",
+        amp=args.amp,
+        resume=args.resume,
+        progress=not args.no_progress,
+        tensorboard=not args.no_tensorboard,
+    )
+    # A resumed run keeps its saved options but for these, when given on the command line.
+    given = [
+        k
+        for k in ("epochs", "max_steps", "workers", "device", "amp")
+        if getattr(args, k) is not None
+    ]
+    result = train(opts, overrides=[*given, "progress", "tensorboard"])
+    if result.stopped == "signal":
+        print(f"interrupted: checkpoint {result.last}; continue with --out {result.out} --resume")
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done ({result.stopped}): {result.global_step} steps; checkpoints in {result.out}")
+    return 0
+
+
+@_fail_cleanly
+def _make_shapes(args: argparse.Namespace) -> int:
+    from training.shapes import CLASSES, write_shapes
+
+    try:
+        root = write_shapes(args.dir, args.per_class, args.seed, workers=args.workers)
+    except (FileExistsError, ValueError) as err:
+        print(f"verydeep make-shapes: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.per_class * len(CLASSES)} images of {len(CLASSES)} classes to {root}")
+    return 0
+
+
+def _dtype(args: argparse.Namespace) -> str:
+    return "float16" if args.fp16 else "float32"
