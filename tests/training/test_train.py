@@ -58,9 +58,7 @@ def _step_rows(out: Path) -> list[list[str]]:
 def test_short_run_loss_falls_and_writes_its_outputs(tmp_path: Path, shapes_data) -> None:
     out = tmp_path / "run"
     result = train(
-        _opts(
-            out, shapes_data, epochs=6, lr=3e-3, dropout=0.0, color_shift=0.0, tensorboard=True
-        )
+        _opts(out, shapes_data, epochs=6, lr=3e-3, dropout=0.0, color_shift=0.0, tensorboard=True)
     )
     assert result.stopped == "epochs"
     losses = [h["train_loss"] for h in result.history]
