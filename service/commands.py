@@ -44,7 +44,7 @@ def register(commands: Any) -> None:
         "default: each model's test_scales",
     )
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no flipped views")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--limit", type=int, help="N images only, in turn from each class")
     p.add_argument(
         "--class-match",
         choices=["name", "index"],

@@ -96,6 +96,17 @@ def scan_folder(
     return images
 
 
+def class_balanced(images: Sequence[LabelledImage]) -> list[LabelledImage]:
+    """The images taken in turn from each class (the first of every class, then the second...),
+    so that any prefix, such as ``--limit N``, covers the classes evenly."""
+    rank: dict[int, int] = {}
+    keyed = []
+    for position, item in enumerate(images):
+        rank[item.label] = rank.get(item.label, -1) + 1
+        keyed.append((rank[item.label], position, item))
+    return [item for _, _, item in sorted(keyed, key=lambda k: k[:2])]
+
+
 @dataclass
 class Row:
     """One line of the result table: a model or ensemble under one method and set of scales."""
@@ -250,9 +261,13 @@ def evaluate(
     for method in methods:
         if method not in METHODS:
             raise EvaluationError(f"unknown method {method!r}; use {', '.join(METHODS)} or all")
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"--limit must be at least 1, not {limit}")
     run = plan(store, spec, methods=methods, scales=scales, flip=flip, settings=settings)
     first = next(iter(run.engines.values())).manifest
-    images = scan_folder(data, first.labels, class_match)[:limit]
+    images = scan_folder(data, first.labels, class_match)
+    if limit is not None:
+        images = class_balanced(images)[:limit]
     computed: list[Method] = sorted(
         {
             part

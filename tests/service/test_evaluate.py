@@ -11,7 +11,14 @@ import torch
 
 from model_store import ModelStore, TrainScale
 from service.app import create_app
-from service.evaluate import EvaluationError, evaluate, format_table, scan_folder, write_json
+from service.evaluate import (
+    EvaluationError,
+    class_balanced,
+    evaluate,
+    format_table,
+    scan_folder,
+    write_json,
+)
 from tests.conftest import TINY_PREPROCESSING, tiny_vgg
 from tests.service.conftest import LOGIT_GAIN, TestClient, settings_for
 from training.export import export_to_store
@@ -227,3 +234,19 @@ def test_command(
     assert main([*args, "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main([*args, "--model", "d", "--scales", "100"]) == 2
+
+
+def test_limit_takes_images_in_turn_from_each_class(shapes_folder: Path) -> None:
+    images = scan_folder(shapes_folder, list(CLASSES))
+    balanced = class_balanced(images)
+    assert sorted(balanced, key=images.index) == images  # the same images, reordered
+    first = balanced[: len(CLASSES)]
+    assert sorted(item.label for item in first) == list(range(len(CLASSES)))
+    assert [item.path for item in first] == [
+        images[PER_CLASS * k].path for k in range(len(CLASSES))
+    ]
+
+
+def test_limit_below_one_is_refused(eval_store: ModelStore, shapes_folder: Path) -> None:
+    with pytest.raises(EvaluationError, match="--limit must be at least 1, not 0"):
+        evaluate(eval_store, "d", shapes_folder, limit=0, settings=settings_for(eval_store.root))
