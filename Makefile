@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint format bench bench-full image image-cpu clean
+.PHONY: install serve test test-slow lint format bench bench-full demo image image-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m bench.run --full
+
+demo: $(STAMP)
+	scripts/make_demo_store.sh
 
 image:
 	docker build -t verydeep:0.1.0 .

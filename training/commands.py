@@ -61,8 +61,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=float, default=1.0, help="conv width multiplier (default 1)")
     g.add_argument("--fc-width", type=_positive_int, default=4096, help="fc6/fc7 width")
     g.add_argument(
-        "--init", choices=("normal", "glorot"), default="normal",
-        help="random init: the paper's N(0, 1e-2) (default) or Glorot & Bengio",
+        "--init", choices=("normal", "glorot", "kaiming"), default="normal",
+        help="random init: the paper's N(0, 1e-2) (default), Glorot & Bengio, or He et al.; "
+        "with --init-from-a, of the layers not copied from A",
     )  # fmt: skip
     g.add_argument(
         "--init-from", metavar="CKPT",
@@ -72,6 +73,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init-from-a", metavar="CKPT",
         help="initialise the first four convs and the three FC layers from a trained config A",
+    )  # fmt: skip
+    g.add_argument(
+        "--a-layers", choices=("paper", "all"), default="paper",
+        help="with --init-from-a: the paper's four convs and three FC layers (default), or all "
+        "of A's layers with the deeper net's other convs set to the identity (Net2Net), so "
+        "that it starts with A's accuracy",
     )  # fmt: skip
 
     g = p.add_argument_group("data")
@@ -98,6 +105,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--color-shift", type=float, default=0.1,
         help="std of the PCA colour shift coefficients (0.1; 0 turns it off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--input-std", default="1", metavar="STD",
+        help="divide the mean-subtracted pixels by STD: 1 (the paper's default) or 'data' "
+        "(the training set's per-channel std; recorded in the manifest's preprocessing)",
     )  # fmt: skip
     g.add_argument("--workers", type=int, help="data-loading processes per process (4)")
 
@@ -267,6 +279,7 @@ def _train(args: argparse.Namespace) -> int:
         micro_batch=args.micro_batch,
         dropout=args.dropout,
         color_shift=args.color_shift,
+        input_std=args.input_std,
         patience=args.patience,
         warmup_epochs=args.warmup_epochs,
         clip_grad_norm=args.clip_grad_norm,
@@ -276,6 +289,7 @@ def _train(args: argparse.Namespace) -> int:
         init=args.init,
         init_from=args.init_from,
         init_from_a=args.init_from_a,
+        a_layers=args.a_layers,
         seed=args.seed,
         device=args.device or "auto",
         amp=args.amp,
@@ -291,7 +305,10 @@ def _train(args: argparse.Namespace) -> int:
     ]
     result = train(opts, overrides=[*given, "progress", "tensorboard"])
     if result.stopped == "signal":
-        print(f"interrupted: checkpoint {result.last}; continue with --out {result.out} --resume")
+        if result.last.exists():
+            print(f"interrupted: continue from {result.last} with --out {result.out} --resume")
+        else:
+            print("interrupted before the first checkpoint")
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done ({result.stopped}): {result.global_step} steps; checkpoints in {result.out}")

@@ -112,7 +112,9 @@ def rgb_statistics(
     outer = np.zeros((3, 3))
     count = 0
     for path in tqdm(chosen, desc="mean RGB and PCA", disable=not progress, leave=False):
-        image = load_rgb(path)
+        with Image.open(path) as raw:
+            raw.draft("RGB", (STATS_SIDE, STATS_SIDE))  # JPEG: decode at a reduced size
+            image = ImageOps.exif_transpose(raw).convert("RGB")
         image.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
         x = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
         total += x.sum(axis=0)

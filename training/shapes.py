@@ -175,6 +175,13 @@ def _shape_mask(
     return mask.resize((side, side), Image.Resampling.BOX)
 
 
+def _position(rng: np.random.Generator, side: int, radius: float) -> int:
+    """A centre coordinate within 18% of the side from the middle, the shape kept inside."""
+    low = max(min(1.15 * radius, side / 2), side * 0.32)
+    high = min(max(side - 1.15 * radius, side / 2), side * 0.68)
+    return int(round(rng.uniform(low, high)))
+
+
 def render_shape(
     name: str, rng: np.random.Generator, size: tuple[int, int] | None = None
 ) -> Image.Image:
@@ -192,9 +199,9 @@ def render_shape(
         name, rng, radius, rotation=rng.uniform(0, 2 * np.pi), aspect=rng.uniform(0.87, 1.15)
     )
     side = mask.size[0]
-    mx, my = min(int(1.15 * radius), width // 2), min(int(1.15 * radius), height // 2)
-    cx = int(rng.integers(mx, width - mx + 1))
-    cy = int(rng.integers(my, height - my + 1))
+    # Near the centre, as in photographs of an object, but rarely exactly at it.
+    cx = _position(rng, width, radius)
+    cy = _position(rng, height, radius)
     box = (cx - side // 2, cy - side // 2)
     region = np.asarray(image.crop((box[0], box[1], box[0] + side, box[1] + side)))
     colour = _shape_colour(rng, region)

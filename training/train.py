@@ -60,7 +60,7 @@ from training.data import (
 )
 from training.errors import UserFacingError
 from training.fully_conv import to_fully_convolutional
-from training.init_from import init_from_a, init_from_checkpoint
+from training.init_from import LAYER_CHOICES, init_from_a, init_from_checkpoint
 from training.schedule import PlateauSchedule
 from training.vgg import CONFIGS, CROP_SIZE, VGG, build_vgg, count_parameters
 
@@ -112,6 +112,7 @@ class TrainOptions:
     init: str = "normal"
     init_from: str | None = None
     init_from_a: str | None = None
+    a_layers: str = "paper"  # with init_from_a: "paper" (4 convs + FC) or "all" (Net2Net)
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None  # default: on for CUDA
@@ -254,9 +255,9 @@ def _main_thread() -> bool:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Workers leave SIGINT / SIGTERM to the main process, which stops at a batch boundary.
+    # Ctrl-C reaches the whole process group: workers leave it to the main process, which stops
+    # at a batch boundary. SIGTERM keeps its default (the DataLoader stops workers with it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -328,21 +329,27 @@ def load_data(opts: TrainOptions, d: Dist) -> Data:
 # Model and optimiser
 
 
-def build_model(opts: TrainOptions, num_classes: int, d: Dist) -> VGG:
+def build_model(opts: TrainOptions, num_classes: int, d: Dist, *, pretrained: bool = True) -> VGG:
+    """The initial model: ``--init``, then ``--init-from`` or ``--init-from-a`` (unless
+    ``pretrained`` is False: a resumed run loads its own weights next)."""
     torch.manual_seed(opts.seed)  # the same initial weights on every rank
     model = build_vgg(
         opts.config, num_classes, width=opts.width, fc_width=opts.fc_width, init=opts.init
     )
-    if opts.init_from:
+    if not pretrained:
+        pass
+    elif opts.init_from:
         init_from_checkpoint(model, _checkpoint_for_init(opts.init_from, opts, "--init-from"))
         if d.main:
             log.info("initialised every layer from %s", opts.init_from)
     elif opts.init_from_a:
         ckpt = load_checkpoint(opts.init_from_a)
         _check_labels(ckpt.num_classes, num_classes, "--init-from-a")
-        copied = init_from_a(model, ckpt.state_dict, ckpt.config)
+        copied = init_from_a(model, ckpt.state_dict, ckpt.config, opts.a_layers)  # type: ignore[arg-type]
         if d.main:
             log.info("initialised %s from %s", ", ".join(copied), opts.init_from_a)
+            if opts.a_layers == "all":
+                log.info("the convs A does not have start as the identity (Net2Net deepening)")
     set_dropout(model, opts.dropout)
     return model
 
@@ -635,6 +642,8 @@ def validate_options(opts: TrainOptions, world: int) -> tuple[int, int]:
         raise TrainError(f"unknown --config {opts.config!r}; choose one of {', '.join(CONFIGS)}")
     if opts.init_from and opts.init_from_a:
         raise TrainError("give at most one of --init-from and --init-from-a")
+    if opts.a_layers not in LAYER_CHOICES:
+        raise TrainError(f"unknown --a-layers {opts.a_layers!r}; use {' or '.join(LAYER_CHOICES)}")
     if not CROP_SIZE <= opts.scale_min <= opts.scale_max:
         raise TrainError(
             f"training scale must satisfy {CROP_SIZE} <= S_min <= S_max, "
@@ -721,7 +730,7 @@ def _train(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> TrainResul
             f"{len(train_set)} training images make no full batch of {opts.batch_size}"
         )
 
-    model = build_model(opts, len(data.labels), d)
+    model = build_model(opts, len(data.labels), d, pretrained=resume is None)
     lr = opts.lr if opts.lr is not None else (FINE_TUNE_LR if opts.init_from else PAPER_LR)
     model.to(device)
     if channels_last:
@@ -934,6 +943,19 @@ def _train(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> TrainResul
                     log.info("validation accuracy stopped improving after 3 lr reductions: done")
         if not stopped:
             stopped = "plateau" if schedule.finished else "epochs"
+    except RuntimeError:
+        # SIGTERM sent to the whole process group also stops the data-loading workers, and the
+        # DataLoader raises in the middle of a step: nothing consistent to save since last.pt.
+        if stop.signum is None:
+            raise
+        stopped = "signal"
+        if d.main:
+            log.warning(
+                "the signal also stopped the data-loading workers: no new checkpoint; "
+                "--resume continues from the last one in %s (send SIGTERM to the main process "
+                "only for a checkpoint at the next batch)",
+                out,
+            )
     finally:
         stop.restore()
         logs.close(history)

@@ -32,7 +32,7 @@ CROP_SIZE = 224
 FEATURE_STRIDE = 32
 FC6_KERNEL = CROP_SIZE // FEATURE_STRIDE  # 7: fc6 sees the 7x7 map of a 224 crop
 
-InitScheme = Literal["normal", "glorot"]
+InitScheme = Literal["normal", "glorot", "kaiming"]
 
 
 def lrn() -> nn.LocalResponseNorm:
@@ -113,7 +113,7 @@ def build_vgg(
     """Build configuration ``config`` ("A", "A-LRN", "B", "C", "D" or "E") of Table 1.
 
     ``width`` scales every conv width (reduced models for tests and demos); ``fc_width`` sets
-    fc6/fc7. ``init`` is the paper's normal initialisation, Glorot's, or None to leave
+    fc6/fc7. ``init`` is the paper's normal initialisation, Glorot's, He's, or None to leave
     PyTorch's defaults (for weights that are loaded next).
     """
     if config not in CONFIGS:
@@ -128,13 +128,17 @@ def build_vgg(
 
 def init_weights(model: nn.Module, scheme: InitScheme = "normal", std: float = 0.1) -> None:
     """Paper §3.1: weights from N(0, 1e-2) (std 0.1), biases zero; or Glorot & Bengio (2010)
-    uniform, which trains the deep configurations without pre-training."""
+    uniform, which trains the deep configurations without pre-training; or He et al. (2015)
+    normal with variance 2 / fan-in, which keeps the signal's scale through ReLU layers (Glorot's
+    halves it at every layer, which stalls narrow deep nets such as the demo models)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             if scheme == "normal":
                 nn.init.normal_(m.weight, 0.0, std)
             elif scheme == "glorot":
                 nn.init.xavier_uniform_(m.weight)
+            elif scheme == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             else:
                 raise ValueError(f"unknown init scheme {scheme!r}")
             nn.init.zeros_(m.bias)

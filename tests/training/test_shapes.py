@@ -15,6 +15,7 @@ from training.shapes import (
     DONE_FILE,
     MAX_SIDE,
     MIN_SIDE,
+    _position,
     is_complete,
     shape_image,
     write_shapes,
@@ -82,3 +83,17 @@ def test_make_shapes_command(tmp_path: Path) -> None:
     assert (out / DONE_FILE).exists()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == list(CLASSES)
     assert "torch" not in run.stderr
+
+
+@pytest.mark.parametrize("side", [240, 333, 480])
+@pytest.mark.parametrize("radius", [20.0, 60.0, 100.0, 150.0, 300.0])
+def test_objects_sit_near_the_centre_and_inside_the_image(side: int, radius: float) -> None:
+    rng = np.random.default_rng(int(side + radius))
+    centres = np.array([_position(rng, side, radius) for _ in range(400)])
+    assert centres.min() >= round(0.32 * side) and centres.max() <= round(0.68 * side)
+    if 1.15 * radius <= 0.32 * side:  # room to move: spread over the band, not a fixed point
+        assert centres.max() - centres.min() > 0.25 * side
+    if 1.15 * radius <= side / 2:  # the object (1.15 x radius with its outline) stays inside
+        assert centres.min() >= int(1.15 * radius) and centres.max() <= side - int(1.15 * radius)
+    else:
+        assert set(centres) == {side // 2} or np.ptp(centres) <= 1

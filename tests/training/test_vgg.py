@@ -102,6 +102,19 @@ def test_glorot_init_bounds() -> None:
     assert conv.bias.abs().sum() == 0
 
 
+def test_kaiming_init_keeps_the_signal_scale_through_relu_layers() -> None:
+    model = build_vgg("D", 10, width=0.25, fc_width=64, init=None)
+    init_weights(model, "kaiming")
+    conv = model.features[2]  # conv1_2: 16 -> 16 channels, fan-in 144
+    assert conv.weight.var().item() == pytest.approx(2 / (16 * 9), rel=0.1)
+    assert conv.bias.abs().sum() == 0
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        deep = model.features[:-1](x)  # 13 conv + ReLU layers, four pools
+    ratio = deep.pow(2).mean().item() / x.pow(2).mean().item()
+    assert 0.05 < ratio < 20, ratio  # Glorot would shrink it by about 2^-13
+
+
 def test_fc_net_refuses_other_than_224() -> None:
     model = build_vgg("A", 3, width=1 / 16, fc_width=16)
     with pytest.raises(ValueError, match="224x224 crops"):
