@@ -129,7 +129,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout (0.5)")
     g.add_argument(
         "--patience", type=int, default=2,
-        help="epochs without a better validation accuracy before lr / 10 (2)",
+        help="epochs without a better validation accuracy that are tolerated: lr / 10 after "
+        "one more (2, as torch's ReduceLROnPlateau counts)",
     )  # fmt: skip
     g.add_argument(
         "--warmup-epochs", type=float, default=0.0,
