@@ -79,16 +79,7 @@ def load_average() -> list[float]:
 def busy_processes(limit: int = 5, exclude: set[int] | None = None) -> list[dict[str, object]]:
     """The most CPU-hungry processes of others (recent %CPU as ps reports it)."""
     exclude = exclude or set()
-    try:
-        out = subprocess.run(
-            ["ps", "-eo", "pid,ni,pcpu,args", "--sort=-pcpu", "--no-headers"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
+    out = _output(["ps", "-eo", "pid,ni,pcpu,args", "--sort=-pcpu", "--no-headers"])
     found = []
     for line in out.splitlines():
         parts = line.split(None, 3)
@@ -108,17 +99,18 @@ def busy_processes(limit: int = 5, exclude: set[int] | None = None) -> list[dict
 
 
 def training_processes() -> int:
+    out = _output(["pgrep", "-f", "verydeep train"])
+    return len([p for p in out.split() if p.strip() and int(p) != os.getpid()])
+
+
+def _output(command: list[str]) -> str:
+    """A command's standard output; empty when it cannot run (no ps or pgrep on the machine)."""
     try:
-        out = subprocess.run(
-            ["pgrep", "-f", "verydeep train"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=5, check=False
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return 0
-    return len([p for p in out.split() if p.strip() and int(p) != os.getpid()])
+        return ""
 
 
 def load_snapshot() -> dict[str, object]:

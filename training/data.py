@@ -39,10 +39,13 @@ class DataError(UserFacingError):
     pass
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode like the service: EXIF orientation applied, any mode converted to RGB."""
+def load_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
+    """Decode like the service: EXIF orientation applied, any mode converted to RGB. With
+    ``draft``, a JPEG is decoded at a reduced size whose sides still reach ``draft``."""
     with open(path, "rb") as f:
         image = Image.open(f)
+        if draft is not None:
+            image.draft("RGB", (draft, draft))
         image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
 
@@ -112,9 +115,7 @@ def rgb_statistics(
     outer = np.zeros((3, 3))
     count = 0
     for path in tqdm(chosen, desc="mean RGB and PCA", disable=not progress, leave=False):
-        with Image.open(path) as raw:
-            raw.draft("RGB", (STATS_SIDE, STATS_SIDE))  # JPEG: decode at a reduced size
-            image = ImageOps.exif_transpose(raw).convert("RGB")
+        image = load_rgb(path, draft=STATS_SIDE)
         image.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
         x = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
         total += x.sum(axis=0)

@@ -60,7 +60,7 @@ from training.data import (
 )
 from training.errors import UserFacingError
 from training.fully_conv import to_fully_convolutional
-from training.init_from import LAYER_CHOICES, init_from_a, init_from_checkpoint
+from training.init_from import LAYER_CHOICES, LayerChoice, init_from_a, init_from_checkpoint
 from training.schedule import PlateauSchedule
 from training.vgg import CONFIGS, CROP_SIZE, VGG, build_vgg, count_parameters
 
@@ -112,7 +112,7 @@ class TrainOptions:
     init: str = "normal"
     init_from: str | None = None
     init_from_a: str | None = None
-    a_layers: str = "paper"  # with init_from_a: "paper" (4 convs + FC) or "all" (Net2Net)
+    a_layers: LayerChoice = "paper"  # with init_from_a: "paper" (4 convs + FC) or "all" (Net2Net)
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None  # default: on for CUDA
@@ -336,16 +336,14 @@ def build_model(opts: TrainOptions, num_classes: int, d: Dist, *, pretrained: bo
     model = build_vgg(
         opts.config, num_classes, width=opts.width, fc_width=opts.fc_width, init=opts.init
     )
-    if not pretrained:
-        pass
-    elif opts.init_from:
+    if pretrained and opts.init_from:
         init_from_checkpoint(model, _checkpoint_for_init(opts.init_from, opts, "--init-from"))
         if d.main:
             log.info("initialised every layer from %s", opts.init_from)
-    elif opts.init_from_a:
+    elif pretrained and opts.init_from_a:
         ckpt = load_checkpoint(opts.init_from_a)
         _check_labels(ckpt.num_classes, num_classes, "--init-from-a")
-        copied = init_from_a(model, ckpt.state_dict, ckpt.config, opts.a_layers)  # type: ignore[arg-type]
+        copied = init_from_a(model, ckpt.state_dict, ckpt.config, opts.a_layers)
         if d.main:
             log.info("initialised %s from %s", ", ".join(copied), opts.init_from_a)
             if opts.a_layers == "all":
