@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint format bench bench-full demo image image-cpu clean
+.PHONY: install serve test test-slow lint format bench bench-full bench-gpu demo image image-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m bench.run --full
+
+# On a GPU host: the suite on the CUDA provider with float32, then float16 exports.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.run --quick --device cuda
+	$(BIN)/python -m bench.run --quick --device cuda --fp16
 
 demo: $(STAMP)
 	scripts/make_demo_store.sh

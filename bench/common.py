@@ -28,20 +28,27 @@ def service_settings(overrides: dict[str, str] | None = None):  # -> service.set
         return Settings()
 
 
-def bare_session(entry: StoreEntry, intra_op_threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with the options the service's engine sets."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = intra_op_threads
-    return ort.InferenceSession(str(entry.onnx_path), options, providers=["CPUExecutionProvider"])
+def bare_session(
+    entry: StoreEntry, intra_op_threads: int, device: str = "cpu"
+) -> ort.InferenceSession:
+    """An onnxruntime session with the options and providers the service's engine sets."""
+    from service.engine import session_setup
+
+    options, providers = session_setup(device, intra_op_threads=intra_op_threads)
+    session = ort.InferenceSession(str(entry.onnx_path), options, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError("onnxruntime's CUDA provider did not load")
+    return session
 
 
 def preprocessed(data: bytes, entry: StoreEntry, q: int) -> np.ndarray:
-    """The float32 ``(3, H, W)`` input the service computes for ``data`` at scale ``q``."""
+    """The ``(3, H, W)`` input the service computes for ``data`` at scale ``q``, in the dtype the
+    model takes (float32, or float16 for a ``--fp16`` export)."""
     from service.imaging import decode, rescale, to_input
 
     decoded = decode(data, max_scale=q)
-    return to_input(rescale(decoded.image, q), entry.manifest.preprocessing)
+    x = to_input(rescale(decoded.image, q), entry.manifest.preprocessing)
+    return x.astype(entry.manifest.onnx.dtype, copy=False)
 
 
 def timed(fn: Callable[[], object]) -> float:

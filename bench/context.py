@@ -86,6 +86,7 @@ REQUEST_IMAGE = (640, 480)
 class Context:
     mode: Mode
     cache_dir: Path = DEFAULT_CACHE
+    device: str = "cpu"  # "cpu" or "cuda": the provider of the server and of every bare peer
     log_dir: Path | None = None
     model: ModelSpec = VGG16
     served: tuple[ModelSpec, ...] = (VGG16, VGG19)
@@ -109,6 +110,14 @@ class Context:
 
     def model_entry(self):  # -> model_store.StoreEntry
         return self.store().read(self.model.name, verify=False)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def dtype(self) -> str:
+        return self.model.dtype
 
     def request_jpeg(self) -> bytes:
         if self._jpeg is None:

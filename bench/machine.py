@@ -54,8 +54,11 @@ def memory_gib() -> float | None:
     return round(int(match.group(1)) / 2**20, 1) if match else None
 
 
-def slug() -> str:
-    """A short machine name for the results file: ``amd-epyc-2c``."""
+def slug(device: str = "cpu") -> str:
+    """A short machine name for the results file: ``amd-epyc-2c``, or the GPU's for a CUDA run:
+    ``nvidia-h100-80gb-hbm3``."""
+    if device == "cuda" and gpus():
+        return "-".join(re.findall(r"[a-z0-9]+", gpus()[0]["name"].lower())) or "gpu"
     model = re.sub(r"\(.*?\)|\bcpu\b|@.*$|\d+-core processor", "", cpu_model(), flags=re.I)
     words = re.findall(r"[a-z0-9]+", model.lower())[:4]
     return "-".join([*words, f"{os.cpu_count()}c"]) or "machine"
@@ -113,6 +116,36 @@ def _output(command: list[str]) -> str:
         return ""
 
 
+def gpus() -> list[dict[str, str]]:
+    """The NVIDIA GPUs nvidia-smi lists (name, driver, memory); empty without one."""
+    fields = ("name", "driver_version", "memory.total", "compute_cap")
+    out = _output(
+        ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
+    )
+    return [
+        dict(zip(fields, (v.strip() for v in line.split(",")), strict=False))
+        for line in out.splitlines()
+        if line.strip()
+    ]
+
+
+def gpu_memory_mib(pid: int | None = None) -> float | None:
+    """GPU memory in MiB that nvidia-smi reports for process ``pid``, or in use on GPU 0 when
+    ``pid`` is None (or nvidia-smi cannot see the process, as inside some containers)."""
+    if pid is not None:
+        out = _output(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        )
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+                return float(parts[1])
+        return None
+    out = _output(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    first = out.strip().splitlines()[0].strip() if out.strip() else ""
+    return float(first) if first.replace(".", "", 1).isdigit() else None
+
+
 def load_snapshot() -> dict[str, object]:
     """How busy the machine is right now."""
     return {
@@ -130,6 +163,7 @@ def describe(threads: dict[str, object]) -> dict[str, object]:
         "logical_cpus": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": memory_gib(),
+        "gpus": gpus(),
         "platform": platform.platform(),
         "python_executable": sys.executable,
         "versions": versions(),

@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -38,9 +38,14 @@ class ModelSpec:
     num_classes: int = 1000
     seed: int = 0
     train_scale: int = 256
+    dtype: str = "float32"  # of the ONNX export: "float32" or "float16" (verydeep export --fp16)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def with_dtype(self, dtype: str) -> ModelSpec:
+        """The same net (same seed, same weights) exported in ``dtype``."""
+        return replace(self, dtype=dtype)
 
 
 VGG16 = ModelSpec("vgg16", "D", seed=16)
@@ -210,7 +215,7 @@ def ensure_store(cache_dir: Path, specs: list[ModelSpec], *, verify: bool = True
     key = hashlib.sha256((_versions_key() + "".join(s.key() for s in specs)).encode()).hexdigest()[
         :16
     ]
-    names = "+".join(s.name for s in specs)
+    names = "+".join(s.name + ("-fp16" if s.dtype == "float16" else "") for s in specs)
     root = cache_root(cache_dir) / f"store-{names}-{key}"
     done = root / ".complete"
     if done.exists():
@@ -232,7 +237,9 @@ def _export(spec: ModelSpec, store: ModelStore, *, verify: bool) -> None:
     from training.export import VERIFY_SIZES, export_to_store
 
     started = time.perf_counter()
-    log.info("exporting %s (config %s, width %g) ...", spec.name, spec.config, spec.width)
+    log.info(
+        "exporting %s (config %s, width %g, %s) ...", spec.name, spec.config, spec.width, spec.dtype
+    )
     export_to_store(
         build_torch(spec),
         store,
@@ -242,6 +249,7 @@ def _export(spec: ModelSpec, store: ModelStore, *, verify: bool) -> None:
         train_scale=TrainScale(min=spec.train_scale, max=spec.train_scale),
         source="bench (random Glorot weights)",
         verify_sizes=VERIFY_SIZES if verify else VERIFY_SIZES[:1],
+        dtype=spec.dtype,
     )
     log.info("exported %s in %.1f s", spec.name, time.perf_counter() - started)
 

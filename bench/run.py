@@ -1,6 +1,10 @@
-"""``python -m bench.run [--quick|--full] [--only NAME,...] [--out DIR]``: run the benchmarks,
-print the table, write ``<out>/<date>-<machine>.json`` (``<date>-<machine>-full.json`` in full
-mode) and the table as Markdown beside it.
+"""``python -m bench.run [--quick|--full] [--device cuda [--fp16]] [--only NAME,...] [--out DIR]``:
+run the benchmarks, print the table, write ``<out>/<date>-<machine>.json``
+(``<date>-<machine>[-cuda-fp16][-full].json``) and the table as Markdown beside it.
+
+``--device cuda`` runs the GPU suite: the server, the bare peers and torch eager on the GPU, plus
+batched views and images/s and GPU memory by scale; JPEG decoding (CPU work, the same in both
+suites) is left to the CPU suite.
 
 A missed target prints MISS; the command still exits 0 (a measurement, not a test). It exits 1
 only when a benchmark could not run at all.
@@ -18,8 +22,20 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import coldstart, decode, eager, efficiency, load, machine, multicrop, overhead
+from bench import (
+    batched,
+    coldstart,
+    decode,
+    eager,
+    efficiency,
+    load,
+    machine,
+    multicrop,
+    overhead,
+    scales,
+)
 from bench.context import DEFAULT_CACHE, MODES, Context, ort_threads
+from bench.models import VGG16, VGG19
 from bench.report import Figure, markdown_table, results_document, text_table, write_json
 
 log = logging.getLogger("bench")
@@ -31,8 +47,12 @@ BENCHMARKS = {
     "multicrop": multicrop,
     "efficiency": efficiency,
     "decode": decode,
+    "batched": batched,
+    "scales": scales,
     "load": load,  # last: it queues the server up to its 503s
 }
+CPU_SUITE = [n for n in BENCHMARKS if n not in ("batched", "scales")]
+CUDA_SUITE = [n for n in BENCHMARKS if n != "decode"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -53,12 +73,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         const="full",
         help="make bench-full: three scales, 150 crops, more repetitions, 503 ramp",
     )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="execution provider of the server and its peers (default cpu)",
+    )
+    p.add_argument(
+        "--fp16", action="store_true", help="float16 exports of the models (with --device cuda)"
+    )
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="exported models, photos")
     args = p.parse_args(argv)
     args.mode = args.mode or "quick"
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHMARKS)
+    suite = CUDA_SUITE if args.device == "cuda" else CPU_SUITE
+    names = [n.strip() for n in args.only.split(",")] if args.only else suite
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
@@ -128,7 +158,10 @@ def run(names: list[str], ctx: Context, out: Path, command: str) -> tuple[list[F
         benchmarks=per_benchmark,
     )
     document["failed"] = failed
-    name = machine.slug() + ("" if ctx.mode.quick else f"-{ctx.mode.name}")
+    name = machine.slug(ctx.device)
+    if ctx.cuda:
+        name += "-cuda-fp16" if ctx.dtype == "float16" else "-cuda-fp32"
+    name += "" if ctx.mode.quick else f"-{ctx.mode.name}"
     path = write_json(document, out, started_at.strftime("%Y-%m-%d"), name)
     path.with_suffix(".md").write_text(markdown_table(figures) + "\n")
     return figures, document, path
@@ -140,9 +173,24 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    ctx = Context(mode=MODES[args.mode], cache_dir=args.cache)
+    dtype = "float16" if args.fp16 else "float32"
+    ctx = Context(
+        mode=MODES[args.mode],
+        cache_dir=args.cache,
+        device=args.device,
+        model=VGG16.with_dtype(dtype),
+        served=(VGG16.with_dtype(dtype), VGG19.with_dtype(dtype)),
+        server_env={"VERYDEEP_DEVICE": args.device},
+    )
     command = " ".join(["python -m bench.run", *map(shlex.quote, (argv or sys.argv[1:]))])
-    log.info("mode %s; load average %s; %d CPUs", args.mode, machine.load_average(), os.cpu_count())
+    log.info(
+        "mode %s on %s (%s); load average %s; %d CPUs",
+        args.mode,
+        args.device,
+        dtype,
+        machine.load_average(),
+        os.cpu_count(),
+    )
     figures, document, path = run(args.names, ctx, args.out, command)
     print()
     print(text_table(figures))

@@ -186,6 +186,27 @@ def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
     return data, identity
 
 
+def session_setup(
+    device: str, cuda_mem_limit: int | None = None, intra_op_threads: int = 0
+) -> tuple[ort.SessionOptions, list[str | tuple[str, dict[str, str]]]]:
+    """The session options and provider list the engine opens every model with (the benchmarks'
+    bare sessions use the same). ``device`` "auto" asks for CUDA only where ``cuda_usable``."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads
+    want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
+    if not want_cuda:
+        return options, [CPU]
+    _preload_cuda_libraries()
+    cuda_options = {
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    if cuda_mem_limit:
+        cuda_options["gpu_mem_limit"] = str(cuda_mem_limit)
+    return options, [(CUDA, cuda_options), CPU]
+
+
 def _open_session(
     entry: StoreEntry,
     model_bytes: bytes,
@@ -193,20 +214,8 @@ def _open_session(
     cuda_mem_limit: int | None,
     intra_op_threads: int,
 ) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = intra_op_threads
-    want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
-    providers: list[str | tuple[str, dict[str, str]]] = [CPU]
-    if want_cuda:
-        _preload_cuda_libraries()
-        cuda_options = {
-            "cudnn_conv_algo_search": "HEURISTIC",
-            "arena_extend_strategy": "kSameAsRequested",
-        }
-        if cuda_mem_limit:
-            cuda_options["gpu_mem_limit"] = str(cuda_mem_limit)
-        providers = [(CUDA, cuda_options), CPU]
+    options, providers = session_setup(device, cuda_mem_limit, intra_op_threads)
+    want_cuda = providers[0] != CPU
     try:
         session = ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as err:

@@ -1,0 +1,99 @@
+"""The CUDA path, for real: these run only where onnxruntime's CUDA provider loads (a lent GPU
+machine, see README "Benchmarks"); elsewhere they are skipped, and say why."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_store import ModelStore, TrainScale
+from service.app import create_app
+from service.engine import CUDA, cuda_usable
+from tests.conftest import TINY_LABELS, TINY_PREPROCESSING
+from tests.service.conftest import TestClient, peaked_vgg, settings_for
+from training.export import export_to_store
+
+pytestmark = pytest.mark.skipif(
+    not cuda_usable(), reason="needs an NVIDIA GPU and onnxruntime-gpu's CUDA provider"
+)
+
+POSTERIOR_TOLERANCE = {"float32": 1e-3, "float16": 2e-2}
+"""Largest posterior difference from the CPU provider's float32 answer: float32 convolutions on
+the GPU may run in TF32 (10-bit mantissa), float16 ones keep 11 bits."""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    store = ModelStore(tmp_path_factory.mktemp("cuda") / "store")
+    model = peaked_vgg("D", 31)
+    for name, dtype in (("full", "float32"), ("half", "float16")):
+        export_to_store(
+            model,
+            store,
+            name,
+            labels=TINY_LABELS,
+            preprocessing=TINY_PREPROCESSING,
+            train_scale=TrainScale(min=256, max=256),
+            source="test",
+            dtype=dtype,
+        )
+    return store
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def classify(client: TestClient, model: str, data: bytes, **params: str):
+    return client.post(
+        "/classify",
+        params={"model": model, "top_k": "5", **params},
+        files={"image": ("x.png", data, "image/png")},
+    )
+
+
+def test_models_run_on_cuda_and_agree_with_the_cpu(store: ModelStore) -> None:
+    data = png(300, 260)
+    params = {"method": "combined", "scales": "224,256,320"}
+    answers = {}
+    for device in ("cuda", "cpu"):
+        with TestClient(create_app(settings_for(store.root, device=device))) as client:
+            listed = {m["name"]: m for m in client.get("/models").json()["models"]}
+            if device == "cuda":
+                assert {m["provider"] for m in listed.values()} == {CUDA}
+                assert listed["half"]["onnx"]["dtype"] == "float16"
+            for name in ("full", "half"):
+                r = classify(client, name, data, **params)
+                assert r.status_code == 200, r.text
+                answers[(device, name)] = {
+                    p["index"]: p["probability"] for p in r.json()["predictions"]
+                }
+    reference = answers[("cpu", "full")]
+    for name, dtype in (("full", "float32"), ("half", "float16")):
+        served = answers[("cuda", name)]
+        assert max(served, key=served.get) == max(reference, key=reference.get)
+        for index, probability in reference.items():
+            assert served[index] == pytest.approx(probability, abs=POSTERIOR_TOLERANCE[dtype])
+
+
+def test_out_of_gpu_memory_is_a_503_and_the_service_stays_up(store: ModelStore) -> None:
+    """With the CUDA arena capped at 16 MiB, a 1024-pixel scale cannot fit (the first conv's
+    output of a flip pair alone is 2 x 4 x 1024 x 1365 floats, 45 MB): onnxruntime's allocation
+    fails, the request gets a JSON 503, and the next small request is answered."""
+    settings = settings_for(store.root, device="cuda", cuda_mem_limit=16 * 2**20, warmup=False)
+    with TestClient(create_app(settings)) as client:
+        small = png(300, 260)
+        assert classify(client, "full", small, scales="224").status_code == 200
+        big = classify(client, "full", png(1365, 1024, seed=1), scales="1024")
+        assert big.status_code == 503, big.text
+        assert big.json()["error"]["code"] == "inference_failed"
+        assert "Retry-After" in big.headers
+        assert client.get("/healthz").status_code == 200
+        again = classify(client, "full", small, scales="224")
+        assert again.status_code == 200, again.text
