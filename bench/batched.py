@@ -1,8 +1,15 @@
 """Batched views (GPU suite): views per second of the service's ``Engine`` when one network call
 takes B views of 224 x 224 (multi-crop runs its 25 or 50 crops of a scale in calls of
-``VERYDEEP_MAX_BATCH``), against one view per call. And what onnxruntime IO binding would save:
-the service's call (numpy in, numpy out, so each call copies its input to the GPU and the scores
-back) against the same call with input and output bound on the GPU beforehand."""
+``VERYDEEP_MAX_BATCH``), against one view per call.
+
+Changes of input shape: dense flip pairs of photos of several sizes in turn, against the same
+size every time, with as many sessions as the service keeps per model (``VERYDEEP_CUDA_SESSIONS``)
+and with one; onnxruntime's CUDA Conv chooses its cuDNN algorithms again at every change of shape
+of a session.
+
+And what onnxruntime IO binding would save: the service's call (numpy in, numpy out, so each call
+copies its input to the GPU and the scores back) against the same call with input and output
+bound on the GPU beforehand."""
 
 from __future__ import annotations
 
@@ -27,14 +34,14 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
 
     entry = ctx.model_entry()
     batches = QUICK_BATCHES if ctx.mode.quick else BATCHES
-    engine = Engine(entry, device=ctx.device, max_batch=max(batches))
+    engine = Engine(entry, device=ctx.device, max_batch=max(batches), cuda_sessions=len(batches))
     rng = np.random.default_rng(0)
     inputs = {
         b: rng.standard_normal((b, 3, CROP, CROP), dtype=np.float32).astype(ctx.dtype)
         for b in batches
     }
     times = interleaved(
-        {str(b): (lambda x=x: engine.scores(x)) for b, x in inputs.items()},
+        {str(b): (lambda x=x, e=engine: e.scores(x)) for b, x in inputs.items()},
         reps=ctx.mode.reps,
         warmup=ctx.mode.warmup,
     )
@@ -53,16 +60,78 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         )
         for b in batches[1:]
     ]
+    provider = engine.provider
+    del engine  # its sessions' GPU memory
+    shape_figures, shape_details = shape_changes(ctx, entry)
+    figures += shape_figures
     io_figure, io_details = io_binding(ctx, entry, inputs.get(IO_BATCH))
     figures += io_figure
     details = {
         "device": ctx.device,
         "dtype": ctx.dtype,
-        "provider": engine.provider,
+        "provider": provider,
         "views_per_s": {str(b): v for b, v in views_per_s.items()},
         "times_s": {k: summary(v) for k, v in times.items()},
+        "shape_changes": shape_details,
         "io_binding": io_details,
     }
+    return figures, details
+
+
+SHAPE_WIDTHS = (320, 341, 384, 427, 455)
+"""Widths of the 256-pixel-high flip pairs sent in turn: 5:4, 4:3, 3:2, 5:3 and 16:9 photos at
+Q = 256, one more than the service's default four sessions per model."""
+
+
+SHAPE_REPS = 3
+
+
+def shape_changes(ctx: Context, entry) -> tuple[list[Figure], dict]:
+    from service.engine import Engine
+
+    if not ctx.cuda:
+        return [], {}
+    rng = np.random.default_rng(1)
+    pairs = [
+        rng.standard_normal((2, 3, 256, w), dtype=np.float32).astype(ctx.dtype)
+        for w in SHAPE_WIDTHS
+    ]
+    options = {**ctx.settings().engine_options(), "device": ctx.device}
+    figures, details = [], {}
+    for sessions in sorted({1, options["cuda_sessions"]}):
+        engine = Engine(entry, **{**options, "cuda_sessions": sessions})
+        for count in sorted({sessions, len(pairs)}):
+            if count == 1:
+                continue
+            rotation = pairs[:count]
+            calls = {
+                "same": lambda engine=engine: engine.scores(pairs[1]),
+                "rotating": lambda engine=engine, rotation=rotation: [
+                    engine.scores(x) for x in rotation
+                ],
+            }
+            # Few repetitions: in float16 a rotation of five sizes can take seconds.
+            times = interleaved(calls, reps=SHAPE_REPS, warmup=1)
+            per_call = median(times["rotating"]) / count
+            same = median(times["same"])
+            figures.append(
+                Figure(
+                    benchmark=NAME,
+                    label=f"{count} photo sizes in turn, {sessions} session(s) per model "
+                    f"({ctx.dtype})",
+                    value=per_call * 1e3,
+                    unit="ms/pair",
+                    peer_label="one size every time",
+                    peer=same * 1e3,
+                    ratio=ratio(per_call, same),
+                    ratio_label="in turn/same",
+                )
+            )
+            details[f"{sessions} sessions, {count} sizes"] = {
+                "rotating_s": summary(times["rotating"]),
+                "same_s": summary(times["same"]),
+            }
+        del engine
     return figures, details
 
 

@@ -112,13 +112,15 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
 def measure(store: Path, model: str, photo: Path, q: int, device: str, reps: int) -> dict:
     """What ``worker`` runs in its own process."""
     from bench import machine
+    from bench.common import service_settings
     from model_store import ModelStore
     from service.engine import Engine
     from service.imaging import decode
     from service.protocol import ScaledImages, classify
 
     entry = ModelStore(store).read(model, verify=False)
-    engine = Engine(entry, device=device)  # type: ignore[arg-type]
+    options = service_settings({"VERYDEEP_DEVICE": device}).engine_options()
+    engine = Engine(entry, **options)  # type: ignore[arg-type]
     image = decode(photo.read_bytes(), max_scale=q).image
     x = ScaledImages(image).get(q, entry.manifest.preprocessing)
     scores = engine.scores(x[None]).mean(axis=(2, 3), dtype=np.float64)[0]

@@ -7,6 +7,8 @@ import functools
 import hashlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +56,10 @@ class Engine:
     ``provider`` is the execution provider that runs the graph, read back from the session, so a
     silent fallback from CUDA to CPU is never reported as CUDA.
 
+    On CUDA the engine holds ``cuda_sessions`` sessions of the model and gives each input shape
+    its own (see ``SessionPool``), and pads the last chunk of a batch split into ``max_batch``
+    calls to ``max_batch`` views, so that multi-crop's calls all have one shape.
+
     The ONNX file is read once; with ``verify`` the sha256 of exactly the bytes that onnxruntime
     gets is checked against the manifest, so a file swapped between a check and the load cannot
     be served. The session lives in memory: the file is never read again, and ``file_identity``
@@ -68,6 +74,8 @@ class Engine:
         cuda_mem_limit: int | None = None,
         intra_op_threads: int = 0,
         max_batch: int = 10,
+        cuda_sessions: int = 1,
+        cudnn_conv_algo_search: str = "heuristic",
         verify: bool = False,
     ) -> None:
         self.entry = entry
@@ -78,11 +86,17 @@ class Engine:
         self._dtype = np.dtype(onnx.dtype)
         self.max_batch = max_batch
         model_bytes, self.file_identity = _read_model(entry, verify)
-        self._session = _open_session(entry, model_bytes, device, cuda_mem_limit, intra_op_threads)
+        setup = (device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search)
+        first = _open_session(entry, model_bytes, *setup)
+        self.provider = first.get_providers()[0]
+        extra = cuda_sessions - 1 if self.provider == CUDA else 0
+        self._sessions = SessionPool(
+            [first, *(_open_session(entry, model_bytes, *setup) for _ in range(extra))]
+        )
         del model_bytes
-        self.provider = self._session.get_providers()[0]
-        inputs = [i.name for i in self._session.get_inputs()]
-        outputs = [o.name for o in self._session.get_outputs()]
+        self._pad_chunks = self.provider == CUDA
+        inputs = [i.name for i in first.get_inputs()]
+        outputs = [o.name for o in first.get_outputs()]
         if inputs != [self._input] or self._output not in outputs:
             raise EngineError(
                 f"{entry.onnx_path.name} has inputs {inputs} and outputs {outputs}; the manifest "
@@ -97,6 +111,11 @@ class Engine:
     def manifest(self) -> Manifest:
         return self._manifest
 
+    @property
+    def sessions(self) -> int:
+        """How many onnxruntime sessions of the model are loaded."""
+        return len(self._sessions)
+
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
         in calls of at most ``max_batch`` images. Raises InferenceError when onnxruntime fails
@@ -104,12 +123,22 @@ class Engine:
         if len(batch) <= self.max_batch:
             return self._run(batch)
         step = self.max_batch
-        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        return np.concatenate(
+            [self._chunk(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
+
+    def _chunk(self, chunk: np.ndarray) -> np.ndarray:
+        short = self.max_batch - len(chunk)
+        if not self._pad_chunks or short == 0:
+            return self._run(chunk)
+        padding = np.zeros((short, *chunk.shape[1:]), dtype=chunk.dtype)
+        return self._run(np.concatenate([chunk, padding]))[: len(chunk)]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input: batch.astype(self._dtype, copy=False)}
+        session = self._sessions.for_shape(batch.shape)
         try:
-            (out,) = self._session.run([self._output], feed)
+            (out,) = session.run([self._output], feed)
         except Exception as err:
             log.error(
                 "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
@@ -136,6 +165,40 @@ class Engine:
         for q in scales:
             self.scores(np.zeros((2, 3, q, q), dtype=np.float32))
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
+
+
+class SessionPool:
+    """Sessions of one model, each kept for the input shapes it ran last.
+
+    onnxruntime's CUDA Conv keeps the cuDNN algorithm of the last input shape only: every change
+    of shape chooses again, which costs a VGG tens of milliseconds in float32 and up to a second
+    in float16 on an H100 (README, "GPU"), more than the network itself. A dense request at three
+    scales changes shape three times. With a session per shape (up to the pool's size, least
+    recently used first), a stream of same-sized photos never changes a session's shape.
+    """
+
+    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
+        self._sessions = sessions
+        self._by_shape: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def for_shape(self, shape: tuple[int, ...]) -> ort.InferenceSession:
+        if len(self._sessions) == 1:
+            return self._sessions[0]
+        with self._lock:
+            index = self._by_shape.get(shape)
+            if index is None:
+                if len(self._by_shape) < len(self._sessions):
+                    index = len(self._by_shape)
+                else:
+                    _, index = self._by_shape.popitem(last=False)
+                self._by_shape[shape] = index
+            else:
+                self._by_shape.move_to_end(shape)
+            return self._sessions[index]
 
 
 def cuda_usable() -> bool:
@@ -187,7 +250,10 @@ def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
 
 
 def session_setup(
-    device: str, cuda_mem_limit: int | None = None, intra_op_threads: int = 0
+    device: str,
+    cuda_mem_limit: int | None = None,
+    intra_op_threads: int = 0,
+    cudnn_conv_algo_search: str = "heuristic",
 ) -> tuple[ort.SessionOptions, list[str | tuple[str, dict[str, str]]]]:
     """The session options and provider list the engine opens every model with (the benchmarks'
     bare sessions use the same). ``device`` "auto" asks for CUDA only where ``cuda_usable``."""
@@ -199,7 +265,7 @@ def session_setup(
         return options, [CPU]
     _preload_cuda_libraries()
     cuda_options = {
-        "cudnn_conv_algo_search": "HEURISTIC",
+        "cudnn_conv_algo_search": cudnn_conv_algo_search.upper(),
         "arena_extend_strategy": "kSameAsRequested",
     }
     if cuda_mem_limit:
@@ -213,8 +279,11 @@ def _open_session(
     device: str,
     cuda_mem_limit: int | None,
     intra_op_threads: int,
+    cudnn_conv_algo_search: str,
 ) -> ort.InferenceSession:
-    options, providers = session_setup(device, cuda_mem_limit, intra_op_threads)
+    options, providers = session_setup(
+        device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search
+    )
     want_cuda = providers[0] != CPU
     try:
         session = ort.InferenceSession(model_bytes, options, providers=providers)

@@ -219,13 +219,7 @@ def plan(
             known = ", ".join(store.names() + sorted(ensembles)) or "none"
             raise EvaluationError(f"unknown model {name!r} in {store.root} (known: {known})")
         try:
-            engines[name] = Engine(
-                store.read(name),
-                device=settings.device,
-                cuda_mem_limit=settings.cuda_mem_limit,
-                intra_op_threads=settings.intra_op_threads,
-                max_batch=settings.max_batch,
-            )
+            engines[name] = Engine(store.read(name), **settings.engine_options())
         except Exception as err:  # a broken entry, or an ONNX file onnxruntime refuses
             raise EvaluationError(f"cannot load {name!r}: {err}") from None
     labels = {tuple(e.manifest.labels) for e in engines.values()}

@@ -227,14 +227,7 @@ class Registry:
             try:
                 # The sha256 is checked on the bytes the session is built from (one read).
                 entry = self.store.read(name, verify=False)
-                engine = Engine(
-                    entry,
-                    device=s.device,
-                    cuda_mem_limit=s.cuda_mem_limit,
-                    intra_op_threads=s.intra_op_threads,
-                    max_batch=s.max_batch,
-                    verify=True,
-                )
+                engine = Engine(entry, **s.engine_options(), verify=True)
                 if s.warmup:
                     engine.warm_up(entry.manifest.test_scales)
             except StoreError as err:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service.imaging import ImageLimits
 
 Device = Literal["auto", "cuda", "cpu"]
+ConvAlgoSearch = Literal["heuristic", "exhaustive", "default"]
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$")
 
@@ -32,6 +33,19 @@ class Settings(BaseSettings):
     device: Device = Field("auto", description="auto: CUDA when it loads, else CPU")
     cuda_mem_limit: int | None = Field(
         None, gt=0, description="bytes of GPU memory each model's CUDA arena may take"
+    )
+    cuda_sessions: int = Field(
+        4,
+        ge=1,
+        description="onnxruntime sessions per model on CUDA, each kept for the input shapes it "
+        "ran last (cuDNN chooses its algorithms again at every change of shape: tens of ms in "
+        "float32, up to a second in float16); each holds a copy of the weights on the GPU",
+    )
+    cudnn_conv_algo_search: ConvAlgoSearch = Field(
+        "heuristic",
+        description="how cuDNN picks convolution algorithms for a new input shape: heuristic "
+        "(fast to choose, fast kernels), exhaustive (times them all: seconds per new shape), "
+        "default (no search, slower kernels)",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per model (0: onnxruntime decides)"
@@ -126,6 +140,17 @@ class Settings(BaseSettings):
                     f"{origin!r} is not an origin: use scheme://host[:port] without a path, or '*'"
                 )
         return origins
+
+    def engine_options(self) -> dict[str, object]:
+        """The keyword arguments of ``Engine`` that these settings set."""
+        return {
+            "device": self.device,
+            "cuda_mem_limit": self.cuda_mem_limit,
+            "cuda_sessions": self.cuda_sessions,
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+            "intra_op_threads": self.intra_op_threads,
+            "max_batch": self.max_batch,
+        }
 
     def image_limits(self) -> ImageLimits:
         """What ``imaging.decode`` refuses under these settings."""

@@ -97,3 +97,20 @@ def test_out_of_gpu_memory_is_a_503_and_the_service_stays_up(store: ModelStore) 
         assert client.get("/healthz").status_code == 200
         again = classify(client, "full", small, scales="224")
         assert again.status_code == 200, again.text
+
+
+def test_cuda_engine_keeps_a_session_per_shape_and_pads_chunks(store: ModelStore) -> None:
+    from service.engine import Engine
+
+    engine = Engine(store.read("full"), device="cuda", cuda_sessions=3, max_batch=4)
+    reference = Engine(store.read("full"), device="cpu")
+    assert engine.provider == CUDA and engine.sessions == 3 and engine._pad_chunks
+    rng = np.random.default_rng(2)
+    batches = [
+        rng.standard_normal(shape, dtype=np.float32)
+        for shape in [(2, 3, 256, 320), (6, 3, 224, 224), (2, 3, 288, 384), (2, 3, 256, 320)]
+    ]
+    for batch in batches:
+        scores = engine.scores(batch)
+        assert scores.shape[0] == len(batch)
+        np.testing.assert_allclose(scores, reference.scores(batch), rtol=2e-2, atol=2e-2)

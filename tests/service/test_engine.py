@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model_store import ModelStore
-from service.engine import CPU, Engine, EngineError, cuda_usable
+from service.engine import CPU, Engine, EngineError, SessionPool, cuda_usable
 
 
 def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:
@@ -64,3 +64,45 @@ def test_large_batches_run_in_chunks_of_max_batch(service_store: ModelStore) -> 
     batch = np.random.default_rng(0).normal(size=(7, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(chunked.scores(batch), whole.scores(batch), rtol=1e-5, atol=1e-6)
     assert calls == [3, 3, 1]
+
+
+def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> None:
+    """On CUDA the last chunk is padded with zeros, so that every call has one shape; the
+    padding's scores are dropped."""
+    entry = service_store.read("tiny-d")
+    whole = Engine(entry, device="cpu", intra_op_threads=1, max_batch=50)
+    padded = Engine(entry, device="cpu", intra_op_threads=1, max_batch=3)
+    padded._pad_chunks = True  # what a CUDA engine sets
+    calls: list[int] = []
+    run = padded._run
+    padded._run = lambda b: calls.append(len(b)) or run(b)  # type: ignore[method-assign]
+    batch = np.random.default_rng(1).normal(size=(7, 3, 224, 224)).astype(np.float32)
+    scores = padded.scores(batch)
+    assert scores.shape == (7, 5, 1, 1)
+    np.testing.assert_allclose(scores, whole.scores(batch), rtol=1e-5, atol=1e-6)
+    assert calls == [3, 3, 3]
+
+
+def test_cpu_engine_holds_one_session_whatever_cuda_sessions_says(
+    service_store: ModelStore,
+) -> None:
+    engine = Engine(service_store.read("tiny-d"), device="cpu", cuda_sessions=4)
+    assert engine.sessions == 1 and not engine._pad_chunks
+
+
+def test_session_pool_keeps_a_session_per_shape_least_recently_used_first() -> None:
+    a, b, c = object(), object(), object()
+    pool = SessionPool([a, b, c])  # type: ignore[list-item]
+    assert [pool.for_shape(s) for s in [(1,), (2,), (1,), (3,), (2,)]] == [a, b, a, c, b]
+    # A fourth shape takes the least recently used session: (1,)'s.
+    assert pool.for_shape((4,)) is a
+    assert pool.for_shape((3,)) is c and pool.for_shape((2,)) is b
+    # (1,) lost its session; it takes the least recently used one now, (4,)'s.
+    assert pool.for_shape((1,)) is a
+    assert len(pool) == 3
+
+
+def test_a_pool_of_one_session_serves_every_shape() -> None:
+    only = object()
+    pool = SessionPool([only])  # type: ignore[list-item]
+    assert all(pool.for_shape((n, 3, 224, 224)) is only for n in range(1, 6))
