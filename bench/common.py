@@ -32,9 +32,10 @@ def bare_session(
     entry: StoreEntry, intra_op_threads: int, device: str = "cpu"
 ) -> ort.InferenceSession:
     """An onnxruntime session with the options and providers the service's engine sets."""
-    from service.engine import session_setup
+    from service.engine import prefers_nhwc, session_setup
 
-    options, providers = session_setup(device, intra_op_threads=intra_op_threads)
+    nhwc = prefers_nhwc(service_settings().cuda_layout, entry.manifest.onnx.dtype)
+    options, providers = session_setup(device, intra_op_threads=intra_op_threads, prefer_nhwc=nhwc)
     session = ort.InferenceSession(str(entry.onnx_path), options, providers=providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("onnxruntime's CUDA provider did not load")

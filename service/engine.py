@@ -76,6 +76,7 @@ class Engine:
         max_batch: int = 10,
         cuda_sessions: int = 1,
         cudnn_conv_algo_search: str = "heuristic",
+        cuda_layout: str = "auto",
         verify: bool = False,
     ) -> None:
         self.entry = entry
@@ -86,7 +87,8 @@ class Engine:
         self._dtype = np.dtype(onnx.dtype)
         self.max_batch = max_batch
         model_bytes, self.file_identity = _read_model(entry, verify)
-        setup = (device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search)
+        nhwc = prefers_nhwc(cuda_layout, onnx.dtype)
+        setup = (device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search, nhwc)
         first = _open_session(entry, model_bytes, *setup)
         self.provider = first.get_providers()[0]
         extra = cuda_sessions - 1 if self.provider == CUDA else 0
@@ -249,11 +251,19 @@ def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
     return data, identity
 
 
+def prefers_nhwc(cuda_layout: str, dtype: str) -> bool:
+    """Whether CUDA convolutions run channels-last: ``auto`` says so for float16 models, whose
+    channels-first convolutions get cuDNN algorithms 100 to 1000 times slower at some input shapes
+    on an H100 (README, "GPU"), and not for float32 ones, which are faster channels-first."""
+    return cuda_layout == "nhwc" or (cuda_layout == "auto" and dtype == "float16")
+
+
 def session_setup(
     device: str,
     cuda_mem_limit: int | None = None,
     intra_op_threads: int = 0,
     cudnn_conv_algo_search: str = "heuristic",
+    prefer_nhwc: bool = False,
 ) -> tuple[ort.SessionOptions, list[str | tuple[str, dict[str, str]]]]:
     """The session options and provider list the engine opens every model with (the benchmarks'
     bare sessions use the same). ``device`` "auto" asks for CUDA only where ``cuda_usable``."""
@@ -270,6 +280,8 @@ def session_setup(
     }
     if cuda_mem_limit:
         cuda_options["gpu_mem_limit"] = str(cuda_mem_limit)
+    if prefer_nhwc:
+        cuda_options["prefer_nhwc"] = "1"
     return options, [(CUDA, cuda_options), CPU]
 
 
@@ -280,9 +292,10 @@ def _open_session(
     cuda_mem_limit: int | None,
     intra_op_threads: int,
     cudnn_conv_algo_search: str,
+    prefer_nhwc: bool,
 ) -> ort.InferenceSession:
     options, providers = session_setup(
-        device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search
+        device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search, prefer_nhwc
     )
     want_cuda = providers[0] != CPU
     try:

@@ -13,6 +13,7 @@ from service.imaging import ImageLimits
 
 Device = Literal["auto", "cuda", "cpu"]
 ConvAlgoSearch = Literal["heuristic", "exhaustive", "default"]
+CudaLayout = Literal["auto", "nchw", "nhwc"]
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$")
 
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
         description="how cuDNN picks convolution algorithms for a new input shape: heuristic "
         "(fast to choose, fast kernels), exhaustive (times them all: seconds per new shape), "
         "default (no search, slower kernels)",
+    )
+    cuda_layout: CudaLayout = Field(
+        "auto",
+        description="layout of CUDA convolutions: nhwc (channels last) or nchw; auto: nhwc for "
+        "float16 models (cuDNN picks algorithms 100-1000x slower for some float16 nchw shapes), "
+        "nchw for float32 ones",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per model (0: onnxruntime decides)"
@@ -148,6 +155,7 @@ class Settings(BaseSettings):
             "cuda_mem_limit": self.cuda_mem_limit,
             "cuda_sessions": self.cuda_sessions,
             "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+            "cuda_layout": self.cuda_layout,
             "intra_op_threads": self.intra_op_threads,
             "max_batch": self.max_batch,
         }

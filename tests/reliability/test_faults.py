@@ -158,7 +158,9 @@ def test_onnxruntime_failure_is_a_503_and_the_next_request_succeeds(
 ) -> None:
     client = make_client(retry_after=4)
     engine = registry.models["tiny-e"]
-    monkeypatch.setattr(engine, "_session", FailingSession(engine._session, 1, ORT_ERRORS[error]))
+    pool = engine._sessions
+    failing = [FailingSession(s, 1, ORT_ERRORS[error]) for s in pool._sessions]
+    monkeypatch.setattr(pool, "_sessions", failing)
     failed = client.post(
         "/classify",
         params={"model": "tiny-de", "scales": "224"},

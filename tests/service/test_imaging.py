@@ -70,6 +70,23 @@ def test_to_input_normalizes_in_the_models_color_order() -> None:
     np.testing.assert_allclose(x, want.transpose(2, 0, 1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_to_input_lookup_gives_the_float32_formula_bit_for_bit(order: str) -> None:
+    """Every 8-bit level of every channel, against the per-pixel float32 arithmetic it
+    replaces."""
+    rng = np.random.default_rng(3)
+    pixels = np.stack([rng.permutation(256) for _ in range(3)], axis=-1).astype(np.uint8)
+    image = Image.fromarray(np.tile(pixels.reshape(16, 16, 3), (2, 3, 1)))
+    pre = Preprocessing(
+        color_order=order, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
+    arr = np.asarray(image, dtype=np.float32)
+    arr = arr[:, :, ::-1] if order == "BGR" else arr
+    mean, std = np.float32(pre.mean), np.float32(pre.std)
+    want = ((arr * np.float32(pre.scale) - mean) / std).transpose(2, 0, 1)
+    assert np.array_equal(to_input(image, pre), want)
+
+
 def test_to_input_equals_torchvision_to_tensor_and_normalize() -> None:
     image = sample_image(50, 40)
     pre = Preprocessing(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
