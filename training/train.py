@@ -658,6 +658,9 @@ def validate_options(opts: TrainOptions, world: int) -> tuple[int, int]:
         )
     if opts.epochs < 1:
         raise TrainError("--epochs must be >= 1")
+    for flag, path in (("--init-from", opts.init_from), ("--init-from-a", opts.init_from_a)):
+        if path and not Path(path).is_file():
+            raise TrainError(f"{flag}: no checkpoint at {path}")
     return per_rank, micro
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import decode, efficiency, load, overhead
+from bench import batched, decode, efficiency, load, overhead, scales
 from bench import run as bench_run
 from bench.context import QUICK, Context
 from bench.models import TINY_D, ModelSpec, build_torch, conv_macs, ensure_store, torch_hook_macs
@@ -246,3 +246,29 @@ def test_run_writes_results(tiny_ctx: Context, tmp_path: Path) -> None:
     assert path.exists() and path.with_suffix(".md").exists()
     assert document["failed"] == [] and document["figures"][0]["benchmark"] == "engine"
     assert document["machine"]["threads"]["onnxruntime_intra_op_threads_setting"] == 1
+
+
+def test_smoke_batched_and_scales_on_the_cpu(tiny_ctx: Context) -> None:
+    """The GPU suite's own benchmarks run on the CPU too (without their CUDA-only figures): the
+    scales workers answer from fresh processes, and the CPU peer of a float32 CPU model is the
+    same model, so the answers agree exactly."""
+    figures, details = batched.run(tiny_ctx)
+    assert [f.peer_label for f in figures] == ["1 view per call"] * 3
+    assert details["shape_changes"] == {} and details["io_binding"] == {}
+    figures, details = scales.run(tiny_ctx)
+    assert [f.unit for f in figures] == ["images/s"] * len(scales.SCALES)
+    for q in scales.SCALES:
+        row = details[f"{TINY_D.name}@{q}"]
+        assert row["provider"] == "CPUExecutionProvider" and row["gpu_memory_mib"] is None
+        assert row["max_abs_posterior_diff"] == 0 and row["top1_same"]
+    assert details[f"{TINY_D.name}@512"]["input"] == [512, 682]
+
+
+def test_cuda_runs_are_named_after_the_gpu_and_dtype(tmp_path: Path, monkeypatch) -> None:
+    from bench import machine
+
+    monkeypatch.setattr(machine, "gpus", lambda: [{"name": "NVIDIA H100 80GB HBM3"}])
+    assert machine.slug("cuda") == "nvidia-h100-80gb-hbm3"
+    args = bench_run.parse_args(["--device", "cuda", "--fp16"])
+    assert args.names == bench_run.CUDA_SUITE and "decode" not in args.names
+    assert "batched" not in bench_run.parse_args([]).names

@@ -211,6 +211,12 @@ def test_command_line(tmp_path: Path, capsys) -> None:
     assert cli(["train", "--out", str(tmp_path / "none")]) == 2
     assert "--data" in capsys.readouterr().err
 
+    missing = tmp_path / "missing-a.pt"
+    code = cli(["train", "--data", str(cache / "shapes-2-seed0"), "--init-from-a", str(missing),
+                "--out", str(tmp_path / "from-a"), *common])  # fmt: skip
+    assert code == 2 and f"--init-from-a: no checkpoint at {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "from-a").exists()  # refused before anything is written
+
 
 def test_export_of_a_trained_checkpoint(tmp_path: Path, shapes_data) -> None:
     result = train(_opts(tmp_path / "run", shapes_data, config="D", epochs=1))
