@@ -62,7 +62,7 @@ class Engine:
 
     The ONNX file is read once; with ``verify`` the sha256 of exactly the bytes that onnxruntime
     gets is checked against the manifest, so a file swapped between a check and the load cannot
-    be served. The session lives in memory: the file is never read again, and ``file_identity``
+    be served. The sessions live in memory: the file is never read again, and ``file_identity``
     records what it was, for ``changed_on_disk``.
     """
 
