@@ -96,7 +96,7 @@ def shape_changes(ctx: Context, entry) -> tuple[list[Figure], dict]:
         rng.standard_normal((2, 3, 256, w), dtype=np.float32).astype(ctx.dtype)
         for w in SHAPE_WIDTHS
     ]
-    options = {**ctx.settings().engine_options(), "device": ctx.device}
+    options = ctx.engine_options()
     figures, details = [], {}
     for sessions in sorted({1, options["cuda_sessions"]}):
         engine = Engine(entry, **{**options, "cuda_sessions": sessions})
@@ -142,7 +142,7 @@ def io_binding(ctx: Context, entry, x: np.ndarray | None) -> tuple[list[Figure],
 
     if not ctx.cuda or x is None:
         return [], {}
-    session = bare_session(entry, 0, ctx.device)
+    session = bare_session(entry, ctx.settings(), ctx.device)
     name_in, name_out = entry.manifest.onnx.input, entry.manifest.onnx.output
     binding = session.io_binding()
     binding.bind_ortvalue_input(name_in, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))

@@ -28,14 +28,18 @@ def service_settings(overrides: dict[str, str] | None = None):  # -> service.set
         return Settings()
 
 
-def bare_session(
-    entry: StoreEntry, intra_op_threads: int, device: str = "cpu"
-) -> ort.InferenceSession:
-    """An onnxruntime session with the options and providers the service's engine sets."""
+def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.InferenceSession:
+    """An onnxruntime session with the options and providers the service's engine sets under
+    ``settings`` (a ``service.settings.Settings``) on ``device``."""
     from service.engine import prefers_nhwc, session_setup
 
-    nhwc = prefers_nhwc(service_settings().cuda_layout, entry.manifest.onnx.dtype)
-    options, providers = session_setup(device, intra_op_threads=intra_op_threads, prefer_nhwc=nhwc)
+    options, providers = session_setup(
+        device,
+        settings.cuda_mem_limit,
+        settings.intra_op_threads,
+        settings.cudnn_conv_algo_search,
+        prefers_nhwc(settings.cuda_layout, entry.manifest.onnx.dtype),
+    )
     session = ort.InferenceSession(str(entry.onnx_path), options, providers=providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("onnxruntime's CUDA provider did not load")

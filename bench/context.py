@@ -119,12 +119,21 @@ class Context:
     def dtype(self) -> str:
         return self.model.dtype
 
+    def engine_options(self) -> dict[str, object]:
+        """The keyword arguments of the service's ``Engine`` under this run's settings, on its
+        device."""
+        return {**self.settings().engine_options(), "device": self.device}
+
+    def request_jpeg_path(self) -> Path:
+        """The cached photo every latency figure classifies, written on first use."""
+        path = cache_root(self.cache_dir) / "photo-640x480-q90-seed1.jpg"
+        if not path.exists():
+            path.write_bytes(images.jpeg(*REQUEST_IMAGE, seed=1, quality=90))
+        return path
+
     def request_jpeg(self) -> bytes:
         if self._jpeg is None:
-            path = cache_root(self.cache_dir) / "photo-640x480-q90-seed1.jpg"
-            if not path.exists():
-                path.write_bytes(images.jpeg(*REQUEST_IMAGE, seed=1, quality=90))
-            self._jpeg = path.read_bytes()
+            self._jpeg = self.request_jpeg_path().read_bytes()
         return self._jpeg
 
     def server(self) -> Server:

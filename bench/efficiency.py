@@ -84,7 +84,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     threads = ctx.settings().intra_op_threads
     n = CUDA_GEMM_SIZE if ctx.cuda else ctx.mode.gemm_size
     gemms = gemm_calls(ctx, n, threads)
-    session = bare_session(entry, threads, ctx.device)
+    session = bare_session(entry, ctx.settings(), ctx.device)
     out_name, in_name = entry.manifest.onnx.output, entry.manifest.onnx.input
     scales = (256,) if ctx.mode.quick else (256, 512)
     figures, per_scale = [], {}

@@ -57,8 +57,9 @@ def memory_gib() -> float | None:
 def slug(device: str = "cpu") -> str:
     """A short machine name for the results file: ``amd-epyc-2c``, or the GPU's for a CUDA run:
     ``nvidia-h100-80gb-hbm3``."""
-    if device == "cuda" and gpus():
-        return "-".join(re.findall(r"[a-z0-9]+", gpus()[0]["name"].lower())) or "gpu"
+    found = gpus() if device == "cuda" else []
+    if found:
+        return "-".join(re.findall(r"[a-z0-9]+", found[0]["name"].lower())) or "gpu"
     model = re.sub(r"\(.*?\)|\bcpu\b|@.*$|\d+-core processor", "", cpu_model(), flags=re.I)
     words = re.findall(r"[a-z0-9]+", model.lower())[:4]
     return "-".join([*words, f"{os.cpu_count()}c"]) or "machine"

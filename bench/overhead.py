@@ -21,7 +21,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     entry = ctx.model_entry()
     data = ctx.request_jpeg()
     x = preprocessed(data, entry, Q)[None]
-    session = bare_session(entry, ctx.settings().intra_op_threads, ctx.device)
+    session = bare_session(entry, ctx.settings(), ctx.device)
     output = entry.manifest.onnx.output
     feed = {entry.manifest.onnx.input: x}
     params = {

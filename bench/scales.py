@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.context import Context
-from bench.models import cache_root, ensure_store
+from bench.models import ensure_store
 from bench.report import Figure
 from bench.stats import median, ratio
 
@@ -63,8 +63,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
 
     store = ctx.store()
     reference = ensure_store(ctx.cache_dir, [s.with_dtype("float32") for s in ctx.served])
-    photo = cache_root(ctx.cache_dir) / "photo-640x480-q90-seed1.jpg"
-    photo.write_bytes(ctx.request_jpeg())
+    photo = ctx.request_jpeg_path()
     figures, details = [], {}
     for spec in ctx.served:
         for q in SCALES:

@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     cudnn_conv_algo_search: ConvAlgoSearch = Field(
         "heuristic",
         description="how cuDNN picks convolution algorithms for a new input shape: heuristic "
-        "(fast to choose, fast kernels), exhaustive (times them all: seconds per new shape), "
-        "default (no search, slower kernels)",
+        "(fast to choose, fast kernels), exhaustive (times them all: hundreds of ms per new "
+        "shape), default (no search, slower kernels)",
     )
     cuda_layout: CudaLayout = Field(
         "auto",

@@ -51,6 +51,25 @@ def peaked_vgg(config: str, seed: int) -> torch.nn.Module:
     return model
 
 
+def full_and_half_store(root: Path, seed: int) -> ModelStore:
+    """A store at ``root`` with one peaked tiny D exported twice: ``full`` in float32 and
+    ``half`` in float16 (``verydeep export --fp16``)."""
+    store = ModelStore(root)
+    model = peaked_vgg("D", seed)
+    for name, dtype in (("full", "float32"), ("half", "float16")):
+        export_to_store(
+            model,
+            store,
+            name,
+            labels=TINY_LABELS,
+            preprocessing=TINY_PREPROCESSING,
+            train_scale=TrainScale(min=256, max=256),
+            source="test",
+            dtype=dtype,
+        )
+    return store
+
+
 class IsolatedSettings(Settings):
     """Settings from arguments only: a developer's VERYDEEP_* variables do not leak in."""
 

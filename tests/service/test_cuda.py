@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store import ModelStore, TrainScale
+from model_store import ModelStore
 from service.app import create_app
 from service.engine import CUDA, cuda_usable
-from tests.conftest import TINY_LABELS, TINY_PREPROCESSING
-from tests.service.conftest import TestClient, peaked_vgg, settings_for
-from training.export import export_to_store
+from tests.service.conftest import TestClient, full_and_half_store, settings_for
 
 pytestmark = pytest.mark.skipif(
     not cuda_usable(), reason="needs an NVIDIA GPU and onnxruntime-gpu's CUDA provider"
@@ -27,20 +25,7 @@ the GPU may run in TF32 (10-bit mantissa), float16 ones keep 11 bits."""
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    store = ModelStore(tmp_path_factory.mktemp("cuda") / "store")
-    model = peaked_vgg("D", 31)
-    for name, dtype in (("full", "float32"), ("half", "float16")):
-        export_to_store(
-            model,
-            store,
-            name,
-            labels=TINY_LABELS,
-            preprocessing=TINY_PREPROCESSING,
-            train_scale=TrainScale(min=256, max=256),
-            source="test",
-            dtype=dtype,
-        )
-    return store
+    return full_and_half_store(tmp_path_factory.mktemp("cuda") / "store", seed=31)
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:

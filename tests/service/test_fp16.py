@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store import ModelStore, TrainScale
 from service.app import create_app
-from tests.conftest import TINY_LABELS, TINY_PREPROCESSING
-from tests.service.conftest import TestClient, peaked_vgg, settings_for
-from training.export import export_to_store
+from tests.service.conftest import TestClient, full_and_half_store, settings_for
 
 
 def test_float16_model_serves_like_float32(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "store")
-    model = peaked_vgg("D", 21)
-    for name, dtype in (("full", "float32"), ("half", "float16")):
-        export_to_store(
-            model,
-            store,
-            name,
-            labels=TINY_LABELS,
-            preprocessing=TINY_PREPROCESSING,
-            train_scale=TrainScale(min=256, max=256),
-            source="test",
-            dtype=dtype,
-        )
+    store = full_and_half_store(tmp_path / "store", seed=21)
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)).save(buffer, "PNG")
