@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -16,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import EntryError, Manifest, StoreEntry
+from service.protocol import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class Engine:
     its own (see ``SessionPool``), and pads the last chunk of a batch split into ``max_batch``
     calls to ``max_batch`` views, so that multi-crop's calls all have one shape.
 
+    On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
+    the process (see ``cpu_run_slots``): each call already spreads over every core.
+
     The ONNX file is read once; with ``verify`` the sha256 of exactly the bytes that onnxruntime
     gets is checked against the manifest, so a file swapped between a check and the load cannot
     be served. The sessions live in memory: the file is never read again, and ``file_identity``
@@ -77,6 +82,7 @@ class Engine:
         cuda_sessions: int = 1,
         cudnn_conv_algo_search: str = "heuristic",
         cuda_layout: str = "auto",
+        cpu_parallel_runs: int = 1,
         verify: bool = False,
     ) -> None:
         self.entry = entry
@@ -97,6 +103,7 @@ class Engine:
         )
         del model_bytes
         self._pad_chunks = self.provider == CUDA
+        self._run_slots = cpu_run_slots(cpu_parallel_runs) if self.provider == CPU else None
         inputs = [i.name for i in first.get_inputs()]
         outputs = [o.name for o in first.get_outputs()]
         if inputs != [self._input] or self._output not in outputs:
@@ -118,34 +125,38 @@ class Engine:
         """How many onnxruntime sessions of the model are loaded."""
         return len(self._sessions)
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
+    def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
         in calls of at most ``max_batch`` images. Raises InferenceError when onnxruntime fails
-        (its message is logged, not passed on)."""
+        (its message is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before
+        a call starts (checked once it has its CPU run slot, which it may have waited for)."""
         if len(batch) <= self.max_batch:
-            return self._run(batch)
+            return self._run(batch, cancel)
         step = self.max_batch
         return np.concatenate(
-            [self._chunk(batch[i : i + step]) for i in range(0, len(batch), step)]
+            [self._chunk(batch[i : i + step], cancel) for i in range(0, len(batch), step)]
         )
 
-    def _chunk(self, chunk: np.ndarray) -> np.ndarray:
+    def _chunk(self, chunk: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
         short = self.max_batch - len(chunk)
         if not self._pad_chunks or short == 0:
-            return self._run(chunk)
+            return self._run(chunk, cancel)
         padding = np.zeros((short, *chunk.shape[1:]), dtype=chunk.dtype)
-        return self._run(np.concatenate([chunk, padding]))[: len(chunk)]
+        return self._run(np.concatenate([chunk, padding]), cancel)[: len(chunk)]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
         feed = {self._input: batch.astype(self._dtype, copy=False)}
         session = self._sessions.for_shape(batch.shape)
-        try:
-            (out,) = session.run([self._output], feed)
-        except Exception as err:
-            log.error(
-                "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
-            )
-            raise InferenceError(self.name) from err
+        with self._run_slots or contextlib.nullcontext():
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("classification cancelled")
+            try:
+                (out,) = session.run([self._output], feed)
+            except Exception as err:
+                log.error(
+                    "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
+                )
+                raise InferenceError(self.name) from err
         return out.astype(np.float32, copy=False)
 
     def changed_on_disk(self) -> str | None:
@@ -201,6 +212,20 @@ class SessionPool:
             else:
                 self._by_shape.move_to_end(shape)
             return self._sessions[index]
+
+
+@functools.cache
+def cpu_run_slots(parallel_runs: int) -> threading.BoundedSemaphore:
+    """The process-wide slots of network calls on the CPU provider, one set per number allowed.
+
+    onnxruntime spreads one call over every core (its intra-op threads, spinning while they wait
+    for work). Two calls at once, from two requests or two models, then share the cores and
+    spin against each other: on 2 cores two concurrent VGG-16 calls took 17 to 24% longer each
+    than the same calls one after the other (README, "Benchmarks"). With one slot, a request's
+    decoding and rescaling still overlap another's network call."""
+    if parallel_runs < 1:
+        raise ValueError(f"parallel_runs must be at least 1, not {parallel_runs}")
+    return threading.BoundedSemaphore(parallel_runs)
 
 
 def cuda_usable() -> bool:

@@ -33,7 +33,8 @@ GRID = 5
 
 class ScoringModel(Protocol):
     """A fully-convolutional net: ``scores`` maps float32 ``(N, 3, H, W)`` to float32 class
-    score maps ``(N, K, H // 32 - 6, W // 32 - 6)``."""
+    score maps ``(N, K, H // 32 - 6, W // 32 - 6)``, and may raise ``Cancelled`` when ``cancel``
+    is set before it starts computing."""
 
     @property
     def name(self) -> str: ...
@@ -41,7 +42,7 @@ class ScoringModel(Protocol):
     @property
     def manifest(self) -> Manifest: ...
 
-    def scores(self, batch: np.ndarray) -> np.ndarray: ...
+    def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray: ...
 
 
 class Cancelled(Exception):
@@ -141,7 +142,7 @@ def dense_posteriors(
     """Posteriors ``(V, K)`` of the whole normalized image ``x (3, H, W)`` and its mirror."""
     batch = np.stack([x, x[:, :, ::-1]]) if flip else x[None]
     _check(cancel)
-    score_maps = model.scores(np.ascontiguousarray(batch))
+    score_maps = model.scores(np.ascontiguousarray(batch), cancel)
     return softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
 
 
@@ -159,7 +160,7 @@ def multicrop_posteriors(
     if flip:
         crops += [c[:, :, ::-1] for c in crops]
     _check(cancel)
-    score_maps = model.scores(np.ascontiguousarray(np.stack(crops)))
+    score_maps = model.scores(np.ascontiguousarray(np.stack(crops)), cancel)
     return softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
 
 

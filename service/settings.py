@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per model (0: onnxruntime decides)"
     )
+    cpu_parallel_runs: int = Field(
+        1,
+        ge=1,
+        description="network calls running at once on the CPU provider, over all models; each "
+        "call uses every intra-op thread, so more make them share the cores (two at once on 2 "
+        "cores: 17-24% slower each); the other requests decode meanwhile",
+    )
     warmup: bool = Field(True, description="run each model at its test scales before ready")
     background_load: bool = Field(
         True,
@@ -157,6 +164,7 @@ class Settings(BaseSettings):
             "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
             "cuda_layout": self.cuda_layout,
             "intra_op_threads": self.intra_op_threads,
+            "cpu_parallel_runs": self.cpu_parallel_runs,
             "max_batch": self.max_batch,
         }
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model_store import ModelStore
-from service.engine import CPU, Engine, EngineError, SessionPool, cuda_usable
+from service.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
+from service.protocol import Cancelled
 
 
 def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:
@@ -60,7 +64,7 @@ def test_large_batches_run_in_chunks_of_max_batch(service_store: ModelStore) -> 
     chunked = Engine(entry, device="cpu", intra_op_threads=1, max_batch=3)
     calls: list[int] = []
     run = chunked._run
-    chunked._run = lambda b: calls.append(len(b)) or run(b)  # type: ignore[method-assign]
+    chunked._run = lambda b, c: calls.append(len(b)) or run(b, c)  # type: ignore[method-assign]
     batch = np.random.default_rng(0).normal(size=(7, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(chunked.scores(batch), whole.scores(batch), rtol=1e-5, atol=1e-6)
     assert calls == [3, 3, 1]
@@ -75,7 +79,7 @@ def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> No
     padded._pad_chunks = True  # what a CUDA engine sets
     calls: list[int] = []
     run = padded._run
-    padded._run = lambda b: calls.append(len(b)) or run(b)  # type: ignore[method-assign]
+    padded._run = lambda b, c: calls.append(len(b)) or run(b, c)  # type: ignore[method-assign]
     batch = np.random.default_rng(1).normal(size=(7, 3, 224, 224)).astype(np.float32)
     scores = padded.scores(batch)
     assert scores.shape == (7, 5, 1, 1)
@@ -106,3 +110,76 @@ def test_a_pool_of_one_session_serves_every_shape() -> None:
     only = object()
     pool = SessionPool([only])  # type: ignore[list-item]
     assert all(pool.for_shape((n, 3, 224, 224)) is only for n in range(1, 6))
+
+
+class TrackedSession:
+    """A session whose ``run`` takes at least ``seconds`` and records how many run at once."""
+
+    def __init__(self, real: object, seconds: float, log: dict[str, int]) -> None:
+        self.real, self.seconds, self.log = real, seconds, log
+        self.lock = threading.Lock()
+
+    def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self.lock:
+            self.log["now"] += 1
+            self.log["most"] = max(self.log["most"], self.log["now"])
+            self.log["calls"] += 1
+        try:
+            time.sleep(self.seconds)
+            return self.real.run(outputs, feed)  # type: ignore[attr-defined]
+        finally:
+            with self.lock:
+                self.log["now"] -= 1
+
+
+def tracked_engines(
+    store: ModelStore, parallel_runs: int, log: dict[str, int], seconds: float = 0.05
+) -> list[Engine]:
+    engines = [
+        Engine(store.read(name), device="cpu", intra_op_threads=1, cpu_parallel_runs=parallel_runs)
+        for name in ("tiny-d", "tiny-e")
+    ]
+    for engine in engines:
+        real = engine._sessions.for_shape((1,))
+        engine._sessions = SessionPool([TrackedSession(real, seconds, log)])  # type: ignore[list-item]
+    return engines
+
+
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_cpu_network_calls_take_turns_over_all_models(
+    service_store: ModelStore, parallel_runs: int
+) -> None:
+    log = {"now": 0, "most": 0, "calls": 0}
+    engines = tracked_engines(service_store, parallel_runs, log)
+    batch = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda e: e.scores(batch), engines * 4))
+    assert all(r.shape == (1, 5, 1, 1) for r in results)
+    assert log["calls"] == 8 and log["most"] == parallel_runs
+
+
+def test_a_request_cancelled_while_waiting_for_a_run_slot_never_runs(
+    service_store: ModelStore,
+) -> None:
+    log = {"now": 0, "most": 0, "calls": 0}
+    slow, waiting = tracked_engines(service_store, 1, log, seconds=0.3)
+    batch = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    cancel = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(slow.scores, batch)
+        while log["now"] == 0:
+            time.sleep(0.005)
+        second = pool.submit(waiting.scores, batch, cancel)
+        time.sleep(0.05)
+        cancel.set()
+        assert first.result().shape == (1, 5, 1, 1)
+        with pytest.raises(Cancelled):
+            second.result()
+    assert log["calls"] == 1
+
+
+def test_cpu_run_slots_are_shared_per_number_allowed() -> None:
+    assert cpu_run_slots(1) is cpu_run_slots(1)
+    assert cpu_run_slots(2) is not cpu_run_slots(1)
+    with pytest.raises(ValueError, match="at least 1"):
+        cpu_run_slots(0)

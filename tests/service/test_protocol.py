@@ -43,7 +43,7 @@ class FakeModel:
     def manifest(self) -> Manifest:
         return _manifest(self.name, self.classes, self.test_scales, self.preprocessing)
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
+    def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         self.calls.append(batch.shape)
         n, _, h, w = batch.shape
         left = batch[:, :, :, : w // 2].mean(axis=(2, 3))
@@ -165,7 +165,7 @@ def test_cancel_stops_before_the_next_network_call() -> None:
     cancel = threading.Event()
     model = FakeModel()
 
-    def scores_then_cancel(batch: np.ndarray) -> np.ndarray:
+    def scores_then_cancel(batch: np.ndarray, _: threading.Event | None = None) -> np.ndarray:
         cancel.set()
         return FakeModel.scores(model, batch)
 
