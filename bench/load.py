@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 from bench.context import Context
-from bench.models import cache_root
 from bench.report import Figure
 from bench.stats import percentile
 
@@ -36,8 +35,6 @@ def loadgen(
     ctx: Context, concurrency: int, requests: int, duration: float, *, burst: bool = False
 ) -> dict:
     """Run ``bench.loadgen`` as a subprocess and summarise what it measured."""
-    body = cache_root(ctx.cache_dir) / "loadgen-body.jpg"
-    body.write_bytes(ctx.request_jpeg())
     command = [
         sys.executable,
         "-m",
@@ -45,7 +42,7 @@ def loadgen(
         "--url",
         ctx.classify_url(),
         "--body",
-        str(body),
+        str(ctx.request_jpeg_path()),
         "--concurrency",
         str(concurrency),
         "--requests",
