@@ -35,10 +35,11 @@ def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.Infere
 
     options, providers = session_setup(
         device,
-        settings.cuda_mem_limit,
-        settings.intra_op_threads,
-        settings.cudnn_conv_algo_search,
-        prefers_nhwc(settings.cuda_layout, entry.manifest.onnx.dtype),
+        cuda_mem_limit=settings.cuda_mem_limit,
+        intra_op_threads=settings.intra_op_threads,
+        cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+        prefer_nhwc=prefers_nhwc(settings.cuda_layout, entry.manifest.onnx.dtype),
+        cpu_mem_arena=settings.cpu_mem_arena,
     )
     session = ort.InferenceSession(str(entry.onnx_path), options, providers=providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":

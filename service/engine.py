@@ -83,6 +83,7 @@ class Engine:
         cudnn_conv_algo_search: str = "heuristic",
         cuda_layout: str = "auto",
         cpu_parallel_runs: int = 1,
+        cpu_mem_arena: bool = True,
         verify: bool = False,
     ) -> None:
         self.entry = entry
@@ -93,9 +94,15 @@ class Engine:
         self._dtype = np.dtype(onnx.dtype)
         self.max_batch = max_batch
         model_bytes, self.file_identity = _read_model(entry, verify)
-        nhwc = prefers_nhwc(cuda_layout, onnx.dtype)
-        setup = (device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search, nhwc)
-        first = _open_session(entry, model_bytes, *setup)
+        setup = session_setup(
+            device,
+            cuda_mem_limit=cuda_mem_limit,
+            intra_op_threads=intra_op_threads,
+            cudnn_conv_algo_search=cudnn_conv_algo_search,
+            prefer_nhwc=prefers_nhwc(cuda_layout, onnx.dtype),
+            cpu_mem_arena=cpu_mem_arena,
+        )
+        first = _open_session(entry, model_bytes, device, *setup)
         self.provider = first.get_providers()[0]
         extra = cuda_sessions - 1 if self.provider == CUDA else 0
         self._sessions = SessionPool(
@@ -283,18 +290,24 @@ def prefers_nhwc(cuda_layout: str, dtype: str) -> bool:
     return cuda_layout == "nhwc" or (cuda_layout == "auto" and dtype == "float16")
 
 
+Providers = list[str | tuple[str, dict[str, str]]]
+
+
 def session_setup(
     device: str,
+    *,
     cuda_mem_limit: int | None = None,
     intra_op_threads: int = 0,
     cudnn_conv_algo_search: str = "heuristic",
     prefer_nhwc: bool = False,
-) -> tuple[ort.SessionOptions, list[str | tuple[str, dict[str, str]]]]:
+    cpu_mem_arena: bool = True,
+) -> tuple[ort.SessionOptions, Providers]:
     """The session options and provider list the engine opens every model with (the benchmarks'
     bare sessions use the same). ``device`` "auto" asks for CUDA only where ``cuda_usable``."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = intra_op_threads
+    options.enable_cpu_mem_arena = cpu_mem_arena
     want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
     if not want_cuda:
         return options, [CPU]
@@ -314,14 +327,9 @@ def _open_session(
     entry: StoreEntry,
     model_bytes: bytes,
     device: str,
-    cuda_mem_limit: int | None,
-    intra_op_threads: int,
-    cudnn_conv_algo_search: str,
-    prefer_nhwc: bool,
+    options: ort.SessionOptions,
+    providers: Providers,
 ) -> ort.InferenceSession:
-    options, providers = session_setup(
-        device, cuda_mem_limit, intra_op_threads, cudnn_conv_algo_search, prefer_nhwc
-    )
     want_cuda = providers[0] != CPU
     try:
         session = ort.InferenceSession(model_bytes, options, providers=providers)

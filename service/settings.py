@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per model (0: onnxruntime decides)"
     )
+    cpu_mem_arena: bool = Field(
+        True,
+        description="keep onnxruntime's CPU memory arena: the largest call's activations stay "
+        "allocated (VGG-16: 1.5 GiB resident after a Q=512 flip pair, 0.8 GiB without), and "
+        "calls of 1 to 10 views run 8-11% faster than with memory freed after each call",
+    )
     cpu_parallel_runs: int = Field(
         1,
         ge=1,
@@ -165,6 +171,7 @@ class Settings(BaseSettings):
             "cuda_layout": self.cuda_layout,
             "intra_op_threads": self.intra_op_threads,
             "cpu_parallel_runs": self.cpu_parallel_runs,
+            "cpu_mem_arena": self.cpu_mem_arena,
             "max_batch": self.max_batch,
         }
 

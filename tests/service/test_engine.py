@@ -16,6 +16,7 @@ import pytest
 from model_store import ModelStore
 from service.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
 from service.protocol import Cancelled
+from tests.service.conftest import settings_for
 
 
 def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:
@@ -183,3 +184,17 @@ def test_cpu_run_slots_are_shared_per_number_allowed() -> None:
     assert cpu_run_slots(2) is not cpu_run_slots(1)
     with pytest.raises(ValueError, match="at least 1"):
         cpu_run_slots(0)
+
+
+def test_the_cpu_memory_arena_follows_the_setting_and_changes_no_score(
+    service_store: ModelStore,
+) -> None:
+    batch = np.random.default_rng(2).normal(size=(2, 3, 256, 288)).astype(np.float32)
+    scores = {}
+    for arena in (True, False):
+        options = settings_for(service_store.root, cpu_mem_arena=arena).engine_options()
+        engine = Engine(service_store.read("tiny-d"), **options)  # type: ignore[arg-type]
+        session = engine._sessions.for_shape(batch.shape)
+        assert session.get_session_options().enable_cpu_mem_arena is arena
+        scores[arena] = engine.scores(batch)
+    np.testing.assert_array_equal(scores[True], scores[False])
