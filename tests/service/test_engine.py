@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_the_cpu_memory_arena_follows_the_setting_and_changes_no_score(
         assert session.get_session_options().enable_cpu_mem_arena is arena
         scores[arena] = engine.scores(batch)
     np.testing.assert_array_equal(scores[True], scores[False])
+
+
+def test_the_engine_keeps_no_copy_of_the_model_bytes(service_store: ModelStore) -> None:
+    """onnxruntime's Python session would keep the bytes it was built from for its whole life
+    (1 GiB for VGG-16 + VGG-19); the engine reads them, opens the session and lets them go."""
+    entry = service_store.read("tiny-d")
+    size = entry.onnx_path.stat().st_size
+    tracemalloc.start()
+    try:
+        engine = Engine(entry, device="cpu", intra_op_threads=1, verify=True)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size > 200_000 and peak >= size
+    assert held < size / 4
+    assert engine.scores(np.zeros((1, 3, 224, 224), dtype=np.float32)).shape == (1, 5, 1, 1)
