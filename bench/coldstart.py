@@ -1,7 +1,8 @@
 """7. Cold start and memory: time from spawning ``verydeep serve`` to the first ``/readyz`` 200,
 and the server's resident memory (VmRSS when ready, VmHWM the peak), with the demo store and with
 full-size VGG-16 + VGG-19. Peer: a bare process that imports onnxruntime and opens the same ONNX
-files with the same options (no web app, no sha256 check, no warm-up), timed the same way.
+files with the same options (no web app, no sha256 check, no warm-up), timed the same way. The
+full mode on the CPU also starts the full-size server with ``VERYDEEP_CPU_MEM_ARENA=false``.
 
 The page cache is warm (the files were just written or read), as after any restart on a host."""
 
@@ -118,8 +119,36 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     f, d = measure(ctx.store(), full_label, server, ctx)
     figures += f
     details[full_label] = d
+    if not ctx.mode.quick and not ctx.cuda:
+        figure, details["without_cpu_arena"] = without_arena(ctx, full_label, d)
+        figures.append(figure)
     store, description = demo_store(ctx)
     f, d = measure(store, "demo store" if store.root == DEMO_STORE else "small store", None, ctx)
     figures += f
     details["demo"] = {"description": description, **d}
     return figures, details
+
+
+def without_arena(ctx: Context, label: str, default: dict) -> tuple[Figure, dict]:
+    """The full-size server's memory at ready with onnxruntime's CPU arena off, against the
+    default server's: the warm-up's activations are freed after each call instead of kept."""
+    env = {**ctx.server_env, "VERYDEEP_CPU_MEM_ARENA": "false"}
+    log_path = (ctx.log_dir or ctx.cache_dir) / "server-no-cpu-arena.log"
+    server = Server(ctx.store().root, env, log_path=log_path).start()
+    try:
+        ready_s, memory = server.ready_s, server.ready_memory
+    finally:
+        server.stop()
+    with_arena = default["memory_at_ready"]
+    figure = Figure(
+        benchmark=NAME,
+        label=f"{label}: server VmRSS at ready, VERYDEEP_CPU_MEM_ARENA=false",
+        value=memory["VmRSS"] / MIB,
+        unit="MiB",
+        peer_label="with the arena (default)",
+        peer=with_arena["VmRSS"] / MIB,
+        ratio=memory["VmRSS"] / with_arena["VmRSS"],
+        ratio_label="without/with",
+        note=f"VmHWM {memory['VmHWM'] / MIB:,.0f} MiB; ready in {ready_s:.1f} s",
+    )
+    return figure, {"ready_s": ready_s, "memory_at_ready": memory}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import batched, decode, efficiency, load, overhead, scales
+from bench import batched, coldstart, decode, efficiency, load, overhead, scales
 from bench import run as bench_run
 from bench.context import QUICK, Context
 from bench.models import TINY_D, ModelSpec, build_torch, conv_macs, ensure_store, torch_hook_macs
@@ -239,6 +239,19 @@ def test_smoke_efficiency_and_decode(tiny_ctx: Context, monkeypatch: pytest.Monk
     assert details["draft_decoded_size"][1] < 1200  # decoded in draft mode
     agreement = details["agreement"][0]
     assert agreement["size"][1] == decode.Q and agreement["mean_abs_pixel_diff"] < 5
+
+
+def test_smoke_coldstart_full_mode_adds_the_server_without_cpu_arena(
+    tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny_ctx, "mode", replace(SMOKE, name="full"))
+    figures, details = coldstart.run(tiny_ctx)
+    labels = [f.label for f in figures]
+    assert len(figures) == 5
+    assert labels[2] == f"{TINY_D.name}: server VmRSS at ready, VERYDEEP_CPU_MEM_ARENA=false"
+    assert figures[2].peer == figures[1].value and figures[2].ratio > 0
+    assert details["without_cpu_arena"]["memory_at_ready"]["VmRSS"] > 0
+    assert labels[3].startswith("demo store: spawn to /readyz 200")
 
 
 def test_run_writes_results(tiny_ctx: Context, tmp_path: Path) -> None:
