@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,50 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("DEVICE", "tpu"), ("MAX_SCALE", "100"), ("MAX_CONCURRENCY", "0"), ("PORT", "70000")],
+    [
+        ("DEVICE", "tpu"),
+        ("MAX_SCALE", "100"),
+        ("MAX_CONCURRENCY", "0"),
+        ("PORT", "70000"),
+        ("CPU_PARALLEL_RUNS", "0"),
+        ("CPU_MEM_ARENA", "maybe"),
+    ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(f"VERYDEEP_{name}", value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+_ROW = re.compile(r"^\| `([A-Z_0-9]+)` \| ([^|]+) \|", re.MULTILINE)
+
+
+def documented_settings() -> dict[str, str]:
+    """``{NAME: default cell}`` of the README's settings table."""
+    text = README.read_text()
+    start = text.index("### Settings")
+    table = text[start : text.index("\n### ", start + 1)]
+    return {name: cell.strip().strip("`") for name, cell in _ROW.findall(table)}
+
+
+def test_every_setting_is_documented_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("VERYDEEP_"):
+            monkeypatch.delenv(name)
+    documented = documented_settings()
+    fields = Settings.model_fields
+    assert set(documented) == {name.upper() for name in fields}
+    defaults = Settings()
+    for name in fields:
+        value, cell = getattr(defaults, name), documented[name.upper()]
+        if value is None:
+            assert cell in ("unset", "first loaded model by name"), name
+        elif isinstance(value, bool):
+            assert cell == str(value).lower(), name
+        elif isinstance(value, int | float):
+            assert float(cell) == value, name
+        elif isinstance(value, list):
+            assert value == [] and cell == "empty", name
+        else:
+            assert cell == str(value) or Path(cell) == value, name
