@@ -12,9 +12,10 @@ import onnxruntime as ort
 
 from model_store import StoreEntry
 
-SETTLE_S = 0.05
-"""Pause between timed calls: onnxruntime's idle pool threads spin briefly after a run; the
-pause keeps one measurement's spinning out of the next (and out of the other process)."""
+SETTLE_S = 0.1
+"""Pause between timed calls: onnxruntime's idle pool threads spin after a run (VGG-16 on the
+2-core machine: 42 to 46 ms of CPU before they park); the pause keeps one measurement's spinning
+out of the next (and out of the other process)."""
 
 
 def service_settings(overrides: dict[str, str] | None = None):  # -> service.settings.Settings
