@@ -102,12 +102,11 @@ class Engine:
             prefer_nhwc=prefers_nhwc(cuda_layout, onnx.dtype),
             cpu_mem_arena=cpu_mem_arena,
         )
-        first = _open_session(entry, model_bytes, device, *setup)
+        open_session = functools.partial(_open_session, entry, model_bytes, device, *setup)
+        first = open_session()
         self.provider = first.get_providers()[0]
         extra = cuda_sessions - 1 if self.provider == CUDA else 0
-        self._sessions = SessionPool(
-            [first, *(_open_session(entry, model_bytes, *setup) for _ in range(extra))]
-        )
+        self._sessions = SessionPool([first, *(open_session() for _ in range(extra))])
         del model_bytes
         self._pad_chunks = self.provider == CUDA
         self._run_slots = cpu_run_slots(cpu_parallel_runs) if self.provider == CPU else None

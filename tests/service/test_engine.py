@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import service.engine as engine_module
 from model_store import ModelStore
 from service.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
 from service.protocol import Cancelled
@@ -215,3 +216,33 @@ def test_the_engine_keeps_no_copy_of_the_model_bytes(service_store: ModelStore) 
     assert size > 200_000 and peak >= size
     assert held < size / 4
     assert engine.scores(np.zeros((1, 3, 224, 224), dtype=np.float32)).shape == (1, 5, 1, 1)
+
+
+class ReportsCuda:
+    """A real CPU session that says it runs on CUDA, to take the engine's CUDA-only paths."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", CPU]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+def test_a_cuda_engine_opens_cuda_sessions_sessions(
+    service_store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = engine_module._open_session
+    opened: list[object] = []
+
+    def open_reporting_cuda(*args: object) -> ReportsCuda:
+        opened.append(real_open(*args))  # type: ignore[arg-type]
+        return ReportsCuda(opened[-1])
+
+    monkeypatch.setattr(engine_module, "_open_session", open_reporting_cuda)
+    engine = Engine(service_store.read("tiny-d"), device="cpu", cuda_sessions=3, max_batch=2)
+    assert engine.provider == "CUDAExecutionProvider" and engine.sessions == 3
+    assert len(opened) == 3 and engine._pad_chunks and engine._run_slots is None
+    assert engine.scores(np.zeros((3, 3, 224, 224), dtype=np.float32)).shape == (3, 5, 1, 1)
