@@ -30,7 +30,7 @@ IO_BATCH = 10
 
 
 def run(ctx: Context) -> tuple[list[Figure], dict]:
-    from service.engine import Engine
+    from service.core.engine import Engine
 
     entry = ctx.model_entry()
     batches = QUICK_BATCHES if ctx.mode.quick else BATCHES
@@ -87,7 +87,7 @@ SHAPE_REPS = 3
 
 
 def shape_changes(ctx: Context, entry) -> tuple[list[Figure], dict]:
-    from service.engine import Engine
+    from service.core.engine import Engine
 
     if not ctx.cuda:
         return [], {}

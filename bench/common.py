@@ -32,7 +32,7 @@ def service_settings(overrides: dict[str, str] | None = None):  # -> service.set
 def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.InferenceSession:
     """An onnxruntime session with the options and providers the service's engine sets under
     ``settings`` (a ``service.settings.Settings``) on ``device``."""
-    from service.engine import prefers_nhwc, session_setup
+    from service.core.engine import prefers_nhwc, session_setup
 
     options, providers = session_setup(
         device,
@@ -51,7 +51,7 @@ def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.Infere
 def preprocessed(data: bytes, entry: StoreEntry, q: int) -> np.ndarray:
     """The ``(3, H, W)`` input the service computes for ``data`` at scale ``q``, in the dtype the
     model takes (float32, or float16 for a ``--fp16`` export)."""
-    from service.imaging import decode, rescale, to_input
+    from model_store.imaging import decode, rescale, to_input
 
     decoded = decode(data, max_scale=q)
     x = to_input(rescale(decoded.image, q), entry.manifest.preprocessing)

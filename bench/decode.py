@@ -28,7 +28,7 @@ def photo_bytes(ctx: Context, seed: int) -> bytes:
 
 
 def run(ctx: Context) -> tuple[list[Figure], dict]:
-    from service.imaging import decode, rescale
+    from model_store.imaging import decode, rescale
 
     seeds = list(range(100, 100 + ctx.mode.decode_images))
     photos = [photo_bytes(ctx, s) for s in seeds]
@@ -49,7 +49,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     draft_s, full_s, floor_s = median(times["draft"]), median(times["full"]), median(times["floor"])
     decoded_size = decode(data, max_scale=Q).image.size
 
-    from service.engine import Engine
+    from service.core.engine import Engine
 
     engine = Engine(ctx.model_entry(), device="cpu")
     agreement = [_agreement(engine, draft(d), full(d)) for d in photos]
@@ -99,7 +99,7 @@ def _decode_at_one_eighth(data: bytes) -> object:
 
 def _agreement(engine, a, b) -> dict[str, object]:
     """Pixel differences of two rescaled images and the served model's dense answer on each."""
-    from service.protocol import classify
+    from service.core.protocol import classify
 
     if a.size != b.size:
         return {

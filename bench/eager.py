@@ -23,7 +23,7 @@ TARGET = Target(">=", 1.3)
 def run(ctx: Context) -> tuple[list[Figure], dict]:
     import torch
 
-    from service.engine import Engine
+    from service.core.engine import Engine
     from training.fully_conv import to_fully_convolutional
 
     entry = ctx.model_entry()

@@ -18,7 +18,7 @@ TARGET = Target(">=", 4.0)
 
 def theoretical_macs(spec, size: tuple[int, int], scales, flip: bool) -> dict[str, int]:
     """Multiply-adds of dense and multi-crop evaluation of a ``size = (width, height)`` image."""
-    from service.imaging import rescaled_size
+    from model_store.imaging import rescaled_size
 
     views = 2 if flip else 1
     dense = crops = 0

@@ -113,9 +113,9 @@ def measure(store: Path, model: str, photo: Path, q: int, device: str, reps: int
     from bench import machine
     from bench.common import service_settings
     from model_store import ModelStore
-    from service.engine import Engine
-    from service.imaging import decode
-    from service.protocol import ScaledImages, classify
+    from model_store.imaging import decode
+    from service.core.engine import Engine
+    from service.core.protocol import ScaledImages, classify
 
     entry = ModelStore(store).read(model, verify=False)
     options = service_settings({"VERYDEEP_DEVICE": device}).engine_options()

@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     uvicorn.run(
         create_app(settings),
@@ -90,7 +90,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_store import ModelStore
-    from service.evaluate import EvaluationError, evaluate, format_table, parse_scales, write_json
+    from service.core.evaluate import (
+        EvaluationError,
+        evaluate,
+        format_table,
+        parse_scales,
+        write_json,
+    )
     from service.settings import Settings
 
     settings = Settings()

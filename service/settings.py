@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.imaging import ImageLimits
+from model_store.imaging import ImageLimits
 
 Device = Literal["auto", "cuda", "cpu"]
 ConvAlgoSearch = Literal["heuristic", "exhaustive", "default"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from model_store import ModelStore
-from service.evaluate import evaluate
+from service.core.evaluate import evaluate
 from tests.service.conftest import settings_for
 from training.shapes import CLASSES, write_shapes
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, features
 
-from service.imaging import supported_formats
+from model_store.imaging import supported_formats
 from tests.service.conftest import encode, sample_image
 
 OK = frozenset({200})

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import decode
+from model_store.imaging import decode
 from tests.reliability.corpus import ERROR_CODES, Upload, corpus
 from tests.service.conftest import encode, sample_image
 
@@ -360,7 +360,7 @@ def test_too_large_for_device(make_client) -> None:
 def test_default_batch_limit_passes_typical_photos_at_max_scale(make_client) -> None:
     """Defaults: Q = MAX_SCALE = 1024 with flip passes 4:3, 16:9 and 4:1 photos (dense and
     combined); only 6:1 strips at Q = 1024 are refused."""
-    from service import protocol
+    from service.core import protocol
     from service.settings import Settings
 
     limit = Settings.model_fields["max_batch_pixels"].default

@@ -19,9 +19,9 @@ import onnxruntime as ort
 import pytest
 
 from model_store import ModelStore
-from service import protocol
-from service.app import create_app
-from service.registry import Registry
+from service.core import protocol
+from service.core.registry import Registry
+from service.http.app import create_app
 from tests.service.conftest import TestClient, encode, sample_image, settings_for
 
 
@@ -213,7 +213,7 @@ def test_a_decode_crash_is_a_bare_500_and_the_service_goes_on(
     registry: Registry, png: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unforeseen exception (a bug) is a 500 with no internals; the slot is released."""
-    from service import routes
+    from service.http import routes
 
     def broken(*args: object, **kwargs: object):
         raise ZeroDivisionError("secret internals")

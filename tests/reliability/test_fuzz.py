@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
-from service.imaging import DecodedImage, ImageError, ImageLimits, decode
-from service.registry import Registry
+from model_store.imaging import DecodedImage, ImageError, ImageLimits, decode
+from service.core.registry import Registry
+from service.http.app import create_app
 from tests.service.conftest import settings_for
 
 FAST = settings(

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from model_store import ModelStore
-from service import security
-from service.app import create_app
-from service.registry import Registry
+from service.core.registry import Registry
+from service.http import security
+from service.http.app import create_app
 from service.settings import Settings
 from tests.reliability.server import ROOT, Server
 from tests.service.conftest import TestClient, settings_for

@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from model_store import ModelStore, Preprocessing, TrainScale
-from service.app import create_app
-from service.registry import Registry
+from service.core.registry import Registry
+from service.http.app import create_app
 from service.settings import Settings
 from tests.conftest import TINY_LABELS, TINY_PREPROCESSING, tiny_vgg
 from training.export import export_to_store

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from model_store import ModelStore
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import TestClient, settings_for
 from tests.service.test_errors import assert_error, post_raw
 

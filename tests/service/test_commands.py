@@ -97,14 +97,14 @@ def test_serving_never_imports_torch(tmp_path: Path, service_store: ModelStore) 
         from verydeep.cli import build_parser
         assert "fastapi" not in sys.modules and "onnxruntime" not in sys.modules
         build_parser().parse_args(["serve", "--port", "1"])
-        import service.app
-        from service.registry import Registry
+        import service.http.app
+        from service.core.registry import Registry
         from service.settings import Settings
         settings = Settings(model_store={str(service_store.root)!r}, warmup=False)
         registry = Registry(settings)
         registry.load()
         assert registry.ready, registry.problem
-        service.app.create_app(settings, registry=registry)
+        service.http.app.create_app(settings, registry=registry)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
         assert not heavy, heavy
         print("ok")

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from model_store import ModelStore
-from service.app import create_app
-from service.engine import CUDA, cuda_usable
+from service.core.engine import CUDA, cuda_usable
+from service.http.app import create_app
 from tests.service.conftest import TestClient, full_and_half_store, settings_for
 
 pytestmark = pytest.mark.skipif(
@@ -85,7 +85,7 @@ def test_out_of_gpu_memory_is_a_503_and_the_service_stays_up(store: ModelStore) 
 
 
 def test_cuda_engine_keeps_a_session_per_shape_and_pads_chunks(store: ModelStore) -> None:
-    from service.engine import Engine
+    from service.core.engine import Engine
 
     engine = Engine(store.read("full"), device="cuda", cuda_sessions=3, max_batch=4)
     reference = Engine(store.read("full"), device="cpu")

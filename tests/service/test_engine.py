@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.engine as engine_module
+import service.core.engine as engine_module
 from model_store import ModelStore
-from service.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
-from service.protocol import Cancelled
+from service.core.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
+from service.core.protocol import Cancelled
 from tests.service.conftest import settings_for
 
 

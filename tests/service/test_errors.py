@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from model_store import ModelStore
-from service import protocol
-from service.app import create_app
-from service.gate import WorkGate
-from service.registry import Registry
+from service.core import protocol
+from service.core.gate import WorkGate
+from service.core.registry import Registry
+from service.http.app import create_app
+from tests.model_store.test_imaging import with_png_size
 from tests.service.conftest import TestClient, encode, sample_image, settings_for
-from tests.service.test_imaging import with_png_size
 
 if TYPE_CHECKING:
     from httpx import Response

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from model_store import ModelStore, TrainScale
-from service.app import create_app
-from service.evaluate import (
+from service.core.evaluate import (
     EvaluationError,
     class_balanced,
     evaluate,
@@ -19,6 +18,7 @@ from service.evaluate import (
     scan_folder,
     write_json,
 )
+from service.http.app import create_app
 from tests.conftest import TINY_PREPROCESSING, tiny_vgg
 from tests.service.conftest import LOGIT_GAIN, TestClient, settings_for
 from training.export import export_to_store

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import TestClient, full_and_half_store, settings_for
 
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service import protocol
-from service.errors import Overloaded, TimedOut
-from service.gate import WorkGate
+from service.core import protocol
+from service.core.errors import Overloaded, TimedOut
+from service.core.gate import WorkGate
 from tests.service.test_errors import assert_error, post_raw
 
 

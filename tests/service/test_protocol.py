@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from model_store import Manifest, Preprocessing
-from service.imaging import rescale, to_input
-from service.protocol import (
+from model_store.imaging import rescale, to_input
+from service.core.protocol import (
     Cancelled,
     Classification,
     MemberResult,

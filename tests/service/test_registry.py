@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from model_store import ModelStore
-from service.errors import InvalidParameter, UnknownModel
-from service.registry import Registry
+from service.core.errors import InvalidParameter, UnknownModel
+from service.core.registry import Registry
 from tests.service.conftest import settings_for
 
 

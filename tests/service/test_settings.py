@@ -59,15 +59,17 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
         Settings()
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SERVING_DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 _ROW = re.compile(r"^\| `([A-Z_0-9]+)` \| ([^|]+) \|", re.MULTILINE)
 
 
 def documented_settings() -> dict[str, str]:
-    """``{NAME: default cell}`` of the README's settings table."""
-    text = README.read_text()
-    start = text.index("### Settings")
-    table = text[start : text.index("\n### ", start + 1)]
+    """``{NAME: default cell}`` of the settings table in docs/serving.md, section "Settings"
+    (up to the next section of the same level)."""
+    text = SERVING_DOC.read_text()
+    start = text.index("\n## Settings\n")
+    end = text.find("\n## ", start + 1)
+    table = text[start : end if end != -1 else len(text)]
     return {name: cell.strip().strip("`") for name, cell in _ROW.findall(table)}
 
 

@@ -19,9 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from model_store import Manifest, ModelStore, StoreError
-from service.engine import Engine
-from service.imaging import ImageError, decode
-from service.protocol import METHODS, Method, ScaledImages, model_posterior
+from model_store.imaging import ImageError, decode
+from service.core.engine import Engine
+from service.core.protocol import METHODS, Method, ScaledImages, model_posterior
 from service.settings import Settings
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, so a folder reads as ImageFolder reads it.

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from model_store import Preprocessing
-from service.imaging import (
+from model_store.imaging import (
     ImageError,
     ImageLimits,
     ImageShapeError,

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from service.core.errors import BadRequest, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 FIELD = "image"
 _GENERIC_PART_TYPES = ("", "application/octet-stream")

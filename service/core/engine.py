@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import EntryError, Manifest, StoreEntry
-from service.protocol import Cancelled
+from service.core.protocol import Cancelled
 
 log = logging.getLogger(__name__)
 

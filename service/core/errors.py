@@ -1,6 +1,6 @@
 """Every failure as JSON ``{"error": {"code", "message"}}`` (SPEC §6), never a stack trace.
 
-``ServiceError`` subclasses carry their status and code; image errors from ``service.imaging``
+``ServiceError`` subclasses carry their status and code; image errors from ``model_store.imaging``
 are mapped here; FastAPI's own validation errors and Starlette's 404/405 get the same shape, and
 anything unexpected becomes a logged 500 whose body says nothing about the internals.
 """
@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.engine import InferenceError
-from service.imaging import ImageError, ImageShapeError, ImageTooLarge, UndecodableImage
+from model_store.imaging import ImageError, ImageShapeError, ImageTooLarge, UndecodableImage
+from service.core.engine import InferenceError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from model_store import Manifest, Preprocessing
-from service.imaging import rescale, rescaled_size, to_input
+from model_store.imaging import rescale, rescaled_size, to_input
 
 Method = Literal["dense", "multicrop", "combined"]
 METHODS: tuple[Method, ...] = ("dense", "multicrop", "combined")

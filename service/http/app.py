@@ -13,13 +13,13 @@ from importlib import metadata
 
 from fastapi import FastAPI
 
-from service.access_log import AccessLogMiddleware
-from service.errors import install_error_handlers
-from service.gate import WorkGate
-from service.metrics import Metrics
-from service.registry import Registry
-from service.routes import ServiceState, router
-from service.security import install_security
+from service.core.errors import install_error_handlers
+from service.core.gate import WorkGate
+from service.core.registry import Registry
+from service.http.access_log import AccessLogMiddleware
+from service.http.metrics import Metrics
+from service.http.routes import ServiceState, router
+from service.http.security import install_security
 from service.settings import Settings
 
 DESCRIPTION = """\

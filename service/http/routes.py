@@ -12,15 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import protocol
-from service.access_log import LOG_FIELDS
-from service.errors import InvalidParameter, NotReady, TooLargeForDevice
-from service.gate import WorkGate
-from service.imaging import DecodedImage, decode
-from service.metrics import Metrics
-from service.protocol import Classification, Method
-from service.registry import Registry, Resolved, shown
-from service.schemas import (
+from model_store.imaging import DecodedImage, decode
+from service.core import protocol
+from service.core.errors import InvalidParameter, NotReady, TooLargeForDevice
+from service.core.gate import WorkGate
+from service.core.protocol import Classification, Method
+from service.core.registry import Registry, Resolved, shown
+from service.http.access_log import LOG_FIELDS
+from service.http.metrics import Metrics
+from service.http.schemas import (
     ClassifyResponse,
     EnsembleInfo,
     ErrorDetail,
@@ -34,8 +34,8 @@ from service.schemas import (
     SkippedInfo,
     Timing,
 )
+from service.http.upload import FIELD, read_image_bytes
 from service.settings import Settings
-from service.upload import FIELD, read_image_bytes
 
 DEFAULT_TOP_K = 5
 QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k")

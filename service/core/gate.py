@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from service.errors import Overloaded, TimedOut
-from service.metrics import Metrics
+from service.core.errors import Overloaded, TimedOut
+from service.http.metrics import Metrics
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ from typing import Literal
 
 from model_store import ModelStore, StoreError
 from model_store.manifest import NAME_PATTERN
-from service.engine import Engine, EngineError
-from service.errors import InvalidParameter, UnknownModel
+from service.core.engine import Engine, EngineError
+from service.core.errors import InvalidParameter, UnknownModel
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

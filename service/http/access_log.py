@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import Metrics
+from service.http.metrics import Metrics
 
 log = logging.getLogger("verydeep.access")
 
