@@ -8,7 +8,7 @@ import pytest
 
 from model_store import ModelStore
 from service.core.evaluate import evaluate
-from tests.service.conftest import settings_for
+from tests.service.helpers import settings_for
 from training.shapes import CLASSES, write_shapes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,93 +1,44 @@
 """Service fixtures: one store of tiny models for the session, a loaded registry, a client, and
-the paper's test protocol written independently with torch, to hold /classify against."""
+the paper's test protocol written independently with torch, to hold /classify against. What the
+tests share besides fixtures is in ``tests/service/helpers.py``."""
 
 from __future__ import annotations
 
-import io
-import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 
-import numpy as np
 import pytest
-import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
-from model_store import ModelStore, Preprocessing, TrainScale
+from model_store import ModelStore, TrainScale
 from service.core.registry import Registry
 from service.http.app import create_app
-from service.settings import Settings
-from tests.conftest import TINY_LABELS, TINY_PREPROCESSING, tiny_vgg
-from training.export import export_to_store
-from training.fully_conv import FullyConvVGG, to_fully_convolutional
-
-with warnings.catch_warnings():
-    # Starlette asks for httpx2 instead of httpx; the pinned dev tools have httpx.
-    warnings.filterwarnings("ignore", message=".*httpx2.*")
-    from fastapi.testclient import TestClient
-
-BGR_PREPROCESSING = Preprocessing(
-    color_order="BGR", scale=1 / 255, mean=(0.41, 0.46, 0.49), std=(0.23, 0.22, 0.24)
+from tests.conftest import TINY_LABELS
+from tests.service.helpers import (
+    ENSEMBLES,
+    LOGIT_GAIN,
+    MODELS,
+    PaperProtocol,
+    TestClient,
+    encode,
+    full_and_half_store,
+    peaked_vgg,
+    sample_image,
+    settings_for,
 )
-# name: (config, seed, train scale, preprocessing). tiny-a-bgr has other test scales
-# ([224, 256, 288]) and another color order than tiny-d and tiny-e ([256, 384, 512]).
-MODELS = {
-    "tiny-d": ("D", 1, (256, 512), TINY_PREPROCESSING),
-    "tiny-e": ("E", 2, (256, 512), TINY_PREPROCESSING),
-    "tiny-a-bgr": ("A", 3, (256, 256), BGR_PREPROCESSING),
-}
-ENSEMBLES = {"tiny-de": ["tiny-d", "tiny-e"], "tiny-mixed": ["tiny-d", "tiny-a-bgr"]}
-LOGIT_GAIN = 100.0
-"""fc8 is scaled so that random-weight posteriors are far from uniform: views then disagree
-enough that any slip in the protocol shows far above the comparison tolerance."""
+from training.export import export_to_store
+from training.fully_conv import to_fully_convolutional
 
-
-def peaked_vgg(config: str, seed: int) -> torch.nn.Module:
-    model = tiny_vgg(config, seed)
-    with torch.no_grad():
-        model.classifier[6].weight.mul_(LOGIT_GAIN)
-    return model
-
-
-def full_and_half_store(root: Path, seed: int) -> ModelStore:
-    """A store at ``root`` with one peaked tiny D exported twice: ``full`` in float32 and
-    ``half`` in float16 (``verydeep export --fp16``)."""
-    store = ModelStore(root)
-    model = peaked_vgg("D", seed)
-    for name, dtype in (("full", "float32"), ("half", "float16")):
-        export_to_store(
-            model,
-            store,
-            name,
-            labels=TINY_LABELS,
-            preprocessing=TINY_PREPROCESSING,
-            train_scale=TrainScale(min=256, max=256),
-            source="test",
-            dtype=dtype,
-        )
-    return store
-
-
-class IsolatedSettings(Settings):
-    """Settings from arguments only: a developer's VERYDEEP_* variables do not leak in."""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **sources):  # type: ignore[override]
-        return (init_settings,)
-
-
-def settings_for(store: Path, **overrides: object) -> Settings:
-    """Test settings: one onnxruntime thread (spinning thread pools crawl on a shared machine),
-    the store loaded before the app takes requests, whatever else ``overrides`` says."""
-    values: dict[str, object] = {
-        "model_store": store,
-        "intra_op_threads": 1,
-        "background_load": False,
-        **overrides,
-    }
-    return IsolatedSettings(**values)  # type: ignore[arg-type]
+# Not fixtures: helpers that the service tests not yet importing ``tests.service.helpers`` still
+# import from here.
+__all__ = [
+    "LOGIT_GAIN",
+    "PaperProtocol",
+    "TestClient",
+    "encode",
+    "full_and_half_store",
+    "sample_image",
+    "settings_for",
+]
 
 
 @pytest.fixture(scope="session")
@@ -140,22 +91,6 @@ def make_client(registry: Registry) -> Iterator:
         c.__exit__(None, None, None)
 
 
-def sample_image(width: int = 300, height: int = 260, seed: int = 0) -> Image.Image:
-    """A non-square RGB image with structure (gradients, blocks) and noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 / width, y * 255 / height, (x + y) % 97 * 2.5], axis=-1)
-    pixels[height // 4 : height // 2, width // 5 : width // 2] = (250, 30, 60)
-    pixels += rng.normal(0, 25, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def image() -> Image.Image:
     return sample_image()
@@ -164,78 +99,6 @@ def image() -> Image.Image:
 @pytest.fixture(scope="session")
 def png(image: Image.Image) -> bytes:
     return encode(image)
-
-
-class PaperProtocol:
-    """Paper §3.2 / SPEC §5 with torch, one view per forward pass: torchvision's Resize on the PIL
-    image, dense evaluation (score map averaged over space, softmax), 5x5 crops with flips, mean of
-    posteriors per model and over the ensemble."""
-
-    def __init__(self, models: dict[str, tuple[FullyConvVGG, Preprocessing, list[int]]]) -> None:
-        self.models = models
-
-    def posterior(
-        self,
-        names: Sequence[str],
-        image: Image.Image,
-        scales: Sequence[int] | None = None,
-        flip: bool = True,
-        method: str = "dense",
-    ) -> np.ndarray:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                return self._posterior(names, image, scales, flip, method)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _posterior(
-        self,
-        names: Sequence[str],
-        image: Image.Image,
-        scales: Sequence[int] | None,
-        flip: bool,
-        method: str,
-    ) -> np.ndarray:
-        per_model = []
-        for name in names:
-            fcn, preprocessing, test_scales = self.models[name]
-            dense, crops = [], []
-            for q in scales or test_scales:
-                x = self.input(image, q, preprocessing)
-                if method != "multicrop":
-                    dense += [self.view(fcn, v) for v in self.mirrors(x, flip)]
-                if method == "dense":
-                    continue
-                _, h, w = x.shape
-                for i in range(5):
-                    for j in range(5):
-                        left, top = i * (w - 224) // 4, j * (h - 224) // 4
-                        crop = x[:, top : top + 224, left : left + 224]
-                        crops += [self.view(fcn, v) for v in self.mirrors(crop, flip)]
-            parts = [torch.stack(views).mean(0) for views in (dense, crops) if views]
-            per_model.append(torch.stack(parts).mean(0))
-        return torch.stack(per_model).mean(0).numpy()
-
-    @staticmethod
-    def input(image: Image.Image, q: int, preprocessing: Preprocessing) -> torch.Tensor:
-        resized = TF.resize(image, q, interpolation=InterpolationMode.BILINEAR)
-        x = TF.pil_to_tensor(resized).double()
-        if preprocessing.color_order == "BGR":
-            x = x[[2, 1, 0]]
-        mean = torch.tensor(preprocessing.mean, dtype=torch.float64).view(3, 1, 1)
-        std = torch.tensor(preprocessing.std, dtype=torch.float64).view(3, 1, 1)
-        return ((x * preprocessing.scale - mean) / std).float()
-
-    @staticmethod
-    def mirrors(x: torch.Tensor, flip: bool) -> list[torch.Tensor]:
-        return [x, x.flip(-1)] if flip else [x]
-
-    @staticmethod
-    def view(fcn: FullyConvVGG, x: torch.Tensor) -> torch.Tensor:
-        scores = fcn(x[None]).double().mean(dim=(2, 3))
-        return torch.softmax(scores, dim=1)[0]
 
 
 @pytest.fixture(scope="session")

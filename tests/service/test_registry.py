@@ -12,7 +12,7 @@ import pytest
 from model_store import ModelStore
 from service.core.errors import InvalidParameter, UnknownModel
 from service.core.registry import Registry
-from tests.service.conftest import settings_for
+from tests.service.helpers import settings_for
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, features
 
 from model_store.imaging import supported_formats
-from tests.service.conftest import encode, sample_image
+from tests.service.helpers import encode, sample_image
 
 OK = frozenset({200})
 UNDECODABLE = frozenset({400})

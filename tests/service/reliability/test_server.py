@@ -25,9 +25,9 @@ import httpx
 import pytest
 
 from model_store import ModelStore
-from tests.reliability.corpus import corpus
-from tests.reliability.server import Server
-from tests.service.conftest import encode, sample_image
+from tests.service.helpers import encode, sample_image
+from tests.service.reliability.corpus import corpus
+from tests.service.reliability.server import Server
 
 CLIENT_TIMEOUT = 30.0
 QUEUE_TIMEOUT = 1.0

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from model_store.imaging import DecodedImage, ImageError, ImageLimits, decode
 from service.core.registry import Registry
 from service.http.app import create_app
-from tests.service.conftest import settings_for
+from tests.service.helpers import settings_for
 
 FAST = settings(
     max_examples=40,

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from model_store.imaging import decode
-from tests.reliability.corpus import ERROR_CODES, Upload, corpus
-from tests.service.conftest import encode, sample_image
+from tests.service.helpers import encode, sample_image
+from tests.service.reliability.corpus import ERROR_CODES, Upload, corpus
 
 if TYPE_CHECKING:
     from httpx import Response
 
-    from tests.service.conftest import TestClient
+    from tests.service.helpers import TestClient
 
 LATENCY_BOUND = 2.0
 BOMB_BOUND = 0.5

@@ -23,8 +23,8 @@ from service.core.registry import Registry
 from service.http import security
 from service.http.app import create_app
 from service.settings import Settings
-from tests.reliability.server import ROOT, Server
-from tests.service.conftest import TestClient, settings_for
+from tests.service.helpers import TestClient, settings_for
+from tests.service.reliability.server import ROOT, Server
 
 KEY = "k3y-for-tests-0123456789abcdef"
 PROTECTED = [

@@ -22,7 +22,7 @@ from model_store import ModelStore
 from service.core import protocol
 from service.core.registry import Registry
 from service.http.app import create_app
-from tests.service.conftest import TestClient, encode, sample_image, settings_for
+from tests.service.helpers import TestClient, encode, sample_image, settings_for
 
 
 def classify(client: TestClient, png: bytes, model: str) -> dict:
