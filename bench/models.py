@@ -60,9 +60,9 @@ TINY_D = ModelSpec("tiny-d", "D", width=1 / 16, fc_width=64, num_classes=5, seed
 
 
 def layer_list(config: str) -> list[int | tuple[int, int] | str]:
-    from training.vgg import CONFIGS  # the single source of Table 1
+    from training.vgg import LAYERS  # the single source of Table 1
 
-    return list(CONFIGS[config])
+    return list(LAYERS[config])
 
 
 def conv_macs(

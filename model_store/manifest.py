@@ -1,18 +1,20 @@
-"""The manifest schema of a store entry (SPEC §4), validated on every load."""
+"""The manifest schema of a store entry (docs/training.md, "The model store"), validated on
+every load."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
-CONFIGS = ("A", "A-LRN", "B", "C", "D", "E")
-WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ConfigName = Literal["A", "A-LRN", "B", "C", "D", "E"]
+"""The configurations of the paper's Table 1: the one list of their names."""
+CONFIGS: tuple[ConfigName, ...] = get_args(ConfigName)
+WEIGHT_LAYERS: dict[ConfigName, int] = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def validate_name(name: str) -> str:

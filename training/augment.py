@@ -24,7 +24,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from training.vgg import CROP_SIZE
+from model_store.scales import CROP_SIZE
 
 PIXEL_RANGE = 255.0
 COLOR_SHIFT_STD = 0.1

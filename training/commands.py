@@ -9,8 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from model_store import CONFIGS, StoreError
-
-TORCHVISION_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19")
+from training.torchvision_names import TORCHVISION_ARCHS
 
 
 def register(commands: Any) -> None:
@@ -25,7 +24,7 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "import-torchvision", help="import torchvision VGG weights into the model store"
     )
-    p.add_argument("arch", choices=TORCHVISION_ARCHS)
+    p.add_argument("arch", choices=tuple(TORCHVISION_ARCHS))
     p.add_argument(
         "--weights",
         help="a torchvision state-dict file (.pth); without it the official file is downloaded",

@@ -22,7 +22,8 @@ from torchvision.models import (
 from model_store import ModelStore, Preprocessing, StoreEntry, TrainScale, sha256_file
 from training.errors import UserFacingError
 from training.export import export_to_store
-from training.vgg import TORCHVISION_ARCHS, VGG, build_vgg
+from training.torchvision_names import TORCHVISION_ARCHS
+from training.vgg import VGG, build_vgg
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from model_store import Preprocessing, TrainScale
+from model_store import CONFIGS, Preprocessing, TrainScale
 from training.augment import eval_transform, train_transform
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import (
@@ -62,7 +62,7 @@ from training.errors import UserFacingError
 from training.fully_conv import to_fully_convolutional
 from training.init_from import LAYER_CHOICES, LayerChoice, init_from_a, init_from_checkpoint
 from training.schedule import PlateauSchedule
-from training.vgg import CONFIGS, CROP_SIZE, VGG, build_vgg, count_parameters
+from training.vgg import CROP_SIZE, VGG, build_vgg, count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from model_store import ConfigName
+from model_store.scales import CROP_SIZE
+
 LayerSpec = int | tuple[int, int] | str
 
-CONFIGS: dict[str, list[LayerSpec]] = {
+LAYERS: dict[ConfigName, list[LayerSpec]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -27,8 +30,6 @@ CONFIGS: dict[str, list[LayerSpec]] = {
           512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }  # fmt: skip
 
-TORCHVISION_ARCHS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
-CROP_SIZE = 224
 FEATURE_STRIDE = 32
 FC6_KERNEL = CROP_SIZE // FEATURE_STRIDE  # 7: fc6 sees the 7x7 map of a 224 crop
 
@@ -44,10 +45,10 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def make_features(config: str, width: float = 1.0) -> nn.Sequential:
+def make_features(config: ConfigName, width: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     in_channels = 3
-    for spec in CONFIGS[config]:
+    for spec in LAYERS[config]:
         if spec == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif spec == "LRN":
@@ -71,7 +72,7 @@ class VGG(nn.Module):
     """The network as trained: a conv stack and three FC layers on a 224x224 crop."""
 
     def __init__(
-        self, config: str, features: nn.Sequential, num_classes: int, fc_width: int
+        self, config: ConfigName, features: nn.Sequential, num_classes: int, fc_width: int
     ) -> None:
         super().__init__()
         self.config = config
@@ -103,7 +104,7 @@ class VGG(nn.Module):
 
 
 def build_vgg(
-    config: str,
+    config: ConfigName,
     num_classes: int = 1000,
     *,
     width: float = 1.0,
@@ -116,8 +117,8 @@ def build_vgg(
     fc6/fc7. ``init`` is the paper's normal initialisation, Glorot's, He's, or None to leave
     PyTorch's defaults (for weights that are loaded next).
     """
-    if config not in CONFIGS:
-        raise ValueError(f"unknown VGG config {config!r}; choose one of {', '.join(CONFIGS)}")
+    if config not in LAYERS:
+        raise ValueError(f"unknown VGG config {config!r}; choose one of {', '.join(LAYERS)}")
     if width <= 0 or fc_width < 1 or num_classes < 1:
         raise ValueError("width, fc_width and num_classes must be positive")
     model = VGG(config, make_features(config, width), num_classes, fc_width)

@@ -7,7 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from training.vgg import CONFIGS, build_vgg, count_parameters, init_weights, weight_layers
+from model_store import CONFIGS
+from training.torchvision_names import TORCHVISION_ARCHS
+from training.vgg import LAYERS, build_vgg, count_parameters, init_weights, weight_layers
 
 PARAMETERS = {
     "A": 132_863_336,
@@ -63,6 +65,11 @@ def test_classifier_is_fc6_fc7_fc8_with_dropout() -> None:
     assert [type(m) for m in c] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
     assert (c[0].in_features, c[0].out_features, c[3].out_features) == (25088, 4096, 4096)
     assert c[2].p == c[5].p == 0.5
+
+
+def test_one_list_of_config_names() -> None:
+    assert tuple(LAYERS) == CONFIGS
+    assert {config: arch for arch, config in TORCHVISION_ARCHS.items()} == TORCHVISION
 
 
 @pytest.mark.parametrize(("config", "arch"), TORCHVISION.items())
