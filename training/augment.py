@@ -122,7 +122,8 @@ def train_transform(
 def eval_transform(
     scale: int, mean: Sequence[float], std: Sequence[float] = (1.0, 1.0, 1.0)
 ) -> v2.Compose:
-    """Test protocol step 1 (SPEC §5): smallest side Q, float pixels, ``(pixel - mean) / std``."""
+    """Test protocol step 1 (docs/training.md): smallest side Q, float pixels,
+    ``(pixel - mean) / std``."""
     return v2.Compose(
         [
             RandomIsotropicRescale(scale, scale),

@@ -1,4 +1,5 @@
-"""Fully-convolutional ONNX export that verifies itself before anything is written (SPEC §3).
+"""Fully-convolutional ONNX export that verifies itself before anything is written
+(docs/training.md, "Fully convolutional, exported to ONNX").
 
 The exported graph has input ``image (N, 3, H, W)`` and output ``scores (N, K, h, w)`` with N, H
 and W dynamic. Before the file reaches the store it passes the ONNX checker and onnxruntime must

@@ -1,5 +1,6 @@
 """`make demo` (scripts/make_demo_store.sh) runs end to end: data, A, D and E from A, export, the
-ensemble, evaluation on the unseen test seed. Tiny sizes here; the real run is in the README."""
+ensemble, evaluation on the unseen test seed. Tiny sizes here; the real run is in
+docs/training.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3: the ONNX graph equals the torch FC net at several sizes and batch sizes."""
+"""docs/training.md: the ONNX graph equals the torch FC net at several sizes and batch sizes."""
 
 from __future__ import annotations
 
