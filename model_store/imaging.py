@@ -1,4 +1,5 @@
-"""From uploaded bytes to network input (SPEC §5 step 1), with Pillow and numpy only.
+"""From image bytes to network input (docs/serving.md, "Test protocol", step 1), with Pillow and
+numpy only: the one decoding of the service and of training.
 
 ``decode`` turns bytes into an RGB PIL image with its EXIF orientation applied, refusing
 decompression bombs from the header alone. ``rescale`` is torchvision's ``Resize(Q)`` on a PIL
@@ -35,7 +36,13 @@ _DECLARED_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageError(ValueError):
-    """The upload cannot be classified; subclasses say why."""
+    """The image cannot be used; subclasses say why. Like the service's own refusals, each
+    carries the HTTP ``status`` and ``code`` a client is answered with (docs/serving.md,
+    "Errors")."""
+
+    status = 400
+    code = "undecodable_image"
+    retryable = False
 
 
 class UndecodableImage(ImageError):
@@ -45,9 +52,13 @@ class UndecodableImage(ImageError):
 class ImageTooLarge(ImageError):
     """More pixels than allowed, as the header declares them."""
 
+    status, code = 413, "image_too_large"
+
 
 class ImageShapeError(ImageError):
     """Too small, or too elongated to rescale to a test scale within bounds."""
+
+    status, code = 422, "unsupported_image_shape"
 
 
 @dataclass(frozen=True)

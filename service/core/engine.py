@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import EntryError, Manifest, StoreEntry
+from service.core.errors import InferenceFailed
 from service.core.protocol import Cancelled
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,6 @@ CPU = "CPUExecutionProvider"
 
 class EngineError(Exception):
     """The ONNX file could not be loaded as the manifest describes it, or not on the device."""
-
-
-class InferenceError(RuntimeError):
-    """onnxruntime failed while running a loaded model (out of device memory, a kernel error).
-    The details are logged; ``model`` names the model."""
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"inference failed on model {model!r}")
-        self.model = model
 
 
 @dataclass(frozen=True)
@@ -133,7 +125,7 @@ class Engine:
 
     def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
-        in calls of at most ``max_batch`` images. Raises InferenceError when onnxruntime fails
+        in calls of at most ``max_batch`` images. Raises InferenceFailed when onnxruntime fails
         (its message is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before
         a call starts (checked once it has its CPU run slot, which it may have waited for)."""
         if len(batch) <= self.max_batch:
@@ -162,7 +154,7 @@ class Engine:
                 log.error(
                     "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
                 )
-                raise InferenceError(self.name) from err
+                raise InferenceFailed(self.name) from err
         return out.astype(np.float32, copy=False)
 
     def changed_on_disk(self) -> str | None:
@@ -353,7 +345,7 @@ def release_model_bytes(session: ort.InferenceSession) -> None:
 
     It keeps them to rebuild the session on another provider: from ``set_providers``, never
     called here, and from ``run`` when a CUDA call fails, falling back to the CPU. That fallback
-    goes too: a failed call must be an ``InferenceError``, not a model silently moved to the CPU
+    goes too: a failed call must be an ``InferenceFailed``, not a model silently moved to the CPU
     while ``provider`` still says CUDA."""
     session.disable_fallback()
     if getattr(session, "_model_bytes", None) is not None:

@@ -1,24 +1,13 @@
-"""Every failure as JSON ``{"error": {"code", "message"}}`` (SPEC §6), never a stack trace.
+"""Why a request cannot be served, as plain exceptions: no web framework in sight.
 
-``ServiceError`` subclasses carry their status and code; image errors from ``model_store.imaging``
-are mapped here; FastAPI's own validation errors and Starlette's 404/405 get the same shape, and
-anything unexpected becomes a logged 500 whose body says nothing about the internals.
+Each class carries the HTTP ``status`` and the ``code`` a client is answered with
+(``{"error": {"code", "message"}}``, docs/serving.md, "Errors"), and ``retryable`` when the
+answer says ``Retry-After`` (the service is loading, busy, or a device call failed). The image
+errors of ``model_store.imaging`` carry the same three attributes, so the HTTP layer maps every
+refusal by reading them, in one place (``service.http.handlers``).
 """
 
 from __future__ import annotations
-
-import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from model_store.imaging import ImageError, ImageShapeError, ImageTooLarge, UndecodableImage
-from service.core.engine import InferenceError
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -26,6 +15,7 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    retryable = False
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -47,8 +37,8 @@ class PayloadTooLarge(ServiceError):
 
     status, code = 413, "payload_too_large"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, headers={"Connection": "close", **(headers or {})})
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class TooLargeForDevice(ServiceError):
@@ -66,102 +56,27 @@ class InvalidParameter(ServiceError):
 
 
 class NotReady(ServiceError):
-    status, code = 503, "not_ready"
+    status, code, retryable = 503, "not_ready", True
 
 
 class Overloaded(ServiceError):
-    status, code = 503, "overloaded"
+    status, code, retryable = 503, "overloaded", True
+
+
+class InferenceFailed(ServiceError):
+    """onnxruntime failed while running a loaded model (out of device memory, a kernel error).
+    What it said is logged; the client learns which model, not why."""
+
+    status, code, retryable = 503, "inference_failed", True
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"inference failed on model {model!r}; the request can be retried")
+        self.model = model
+
+
+class OutOfMemory(ServiceError):
+    status, code, retryable = 503, "out_of_memory", True
 
 
 class TimedOut(ServiceError):
     status, code = 504, "timeout"
-
-
-class InferenceFailed(ServiceError):
-    status, code = 503, "inference_failed"
-
-
-class OutOfMemory(ServiceError):
-    status, code = 503, "out_of_memory"
-
-
-IMAGE_ERRORS: dict[type[ImageError], tuple[int, str]] = {
-    UndecodableImage: (400, "undecodable_image"),
-    ImageTooLarge: (413, "image_too_large"),
-    ImageShapeError: (422, "unsupported_image_shape"),
-}
-
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception a request can raise to one JSON error shape."""
-
-    async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    async def image_error(request: Request, exc: Exception) -> JSONResponse:
-        status, code = IMAGE_ERRORS.get(type(exc), (400, "undecodable_image"))
-        return error_response(status, code, str(exc))
-
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(422, InvalidParameter.code, describe_validation_errors(exc.errors()))
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
-
-    async def inference_error(request: Request, exc: Exception) -> JSONResponse:
-        # The engine logged what onnxruntime said; the client learns which model, not why.
-        assert isinstance(exc, InferenceError)
-        return _retryable(request, InferenceFailed(f"inference failed on model {exc.model!r}"))
-
-    async def memory_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("out of memory on %s %s", request.method, request.url.path)
-        return _retryable(request, OutOfMemory("the server ran out of memory for this request"))
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(ImageError, image_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(InferenceError, inference_error)
-    app.add_exception_handler(MemoryError, memory_error)
-    app.add_exception_handler(Exception, unexpected)
-
-
-def _retryable(request: Request, error: ServiceError) -> JSONResponse:
-    retry_after = getattr(request.app.state.service.settings, "retry_after", 1)
-    message = f"{error.message}; the request can be retried"
-    return error_response(error.status, error.code, message, {"Retry-After": str(retry_after)})
-
-
-def describe_validation_errors(errors: Any) -> str:
-    """FastAPI's error list as one sentence: ``query.top_k: Input should be ...``."""
-    parts = []
-    for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "request"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"

@@ -8,19 +8,32 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from service.core.errors import Overloaded, TimedOut
-from service.http.metrics import Metrics
 
 T = TypeVar("T")
+
+
+class Gauge(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+
+class GateGauges(Protocol):
+    """Where the gate reports its counts (the app's Prometheus gauges)."""
+
+    in_flight: Gauge
+    queued: Gauge
+    admitted: Gauge
 
 
 class WorkGate:
     """Runs blocking jobs off the event loop, at most ``max_concurrency`` at once.
 
     A job first waits for a slot: when ``max_queue`` jobs are already waiting, or the wait exceeds
-    ``queue_timeout`` seconds, it is refused with 503 (Overloaded). Once running, it has
+    ``queue_timeout`` seconds, it is refused with 503 (Overloaded, retryable). Once running, it has
     ``request_timeout`` seconds before the client gets 504 (TimedOut); the job is then told to stop
     through the ``threading.Event`` it receives, and keeps its slot until it actually stops, so
     the number of running jobs never exceeds ``max_concurrency``.
@@ -36,14 +49,12 @@ class WorkGate:
         max_queue: int,
         queue_timeout: float,
         request_timeout: float,
-        retry_after: int,
-        metrics: Metrics | None = None,
+        metrics: GateGauges | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.request_timeout = request_timeout
-        self.retry_after = retry_after
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="verydeep-work")
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -120,10 +131,7 @@ class WorkGate:
             self._set_queued()
 
     def _overloaded(self, why: str) -> Overloaded:
-        return Overloaded(
-            f"the service is busy ({why}); retry later",
-            headers={"Retry-After": str(self.retry_after)},
-        )
+        return Overloaded(f"the service is busy ({why}); retry later")
 
     def _job_done(self, future: asyncio.Future[object]) -> None:
         self._slots.release()

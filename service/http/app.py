@@ -13,10 +13,10 @@ from importlib import metadata
 
 from fastapi import FastAPI
 
-from service.core.errors import install_error_handlers
 from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.access_log import AccessLogMiddleware
+from service.http.handlers import install_error_handlers
 from service.http.metrics import Metrics
 from service.http.routes import ServiceState, router
 from service.http.security import install_security
@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             max_queue=settings.max_queue,
             queue_timeout=settings.queue_timeout,
             request_timeout=settings.request_timeout,
-            retry_after=settings.retry_after,
             metrics=metrics,
         )
         try:

@@ -19,6 +19,7 @@ from service.core.gate import WorkGate
 from service.core.protocol import Classification, Method
 from service.core.registry import Registry, Resolved, shown
 from service.http.access_log import LOG_FIELDS
+from service.http.handlers import retry_after
 from service.http.metrics import Metrics
 from service.http.schemas import (
     ClassifyResponse,
@@ -110,10 +111,7 @@ async def classify_image(
     service = _service(request)
     settings, registry, gate = service.settings, service.registry, service.gate
     if not registry.ready or gate is None:
-        raise NotReady(
-            registry.problem or "the models are still loading",
-            headers={"Retry-After": str(settings.retry_after)},
-        )
+        raise NotReady(registry.problem or "the models are still loading")
     log_fields: dict[str, Any] = {"protocol": method, "flip": flip}
     setattr(request.state, LOG_FIELDS, log_fields)
     check_query(request)
@@ -294,7 +292,7 @@ async def readyz(request: Request) -> Response:
             code=NotReady.code, message=registry.problem or "the models are still loading"
         ),
     )
-    headers = None if ready else {"Retry-After": str(service.settings.retry_after)}
+    headers = None if ready else retry_after(service.settings)
     return JSONResponse(
         body.model_dump(mode="json"), status_code=200 if ready else 503, headers=headers
     )

@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import error_response
+from service.http.handlers import error_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Paths that never need the key: liveness and readiness probes."""

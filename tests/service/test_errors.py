@@ -101,7 +101,7 @@ def test_413_before_the_body_is_read(registry: Registry) -> None:
         sent.append(message)
 
     async def call() -> None:
-        app.state.service.gate = WorkGate(1, 1, 1.0, 10.0, 1)
+        app.state.service.gate = WorkGate(1, 1, 1.0, 10.0)
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},

@@ -19,7 +19,7 @@ from tests.service.test_errors import assert_error, post_raw
 
 def test_runs_jobs_off_the_event_loop() -> None:
     async def main() -> tuple[str, float]:
-        gate = WorkGate(2, 2, 1.0, 5.0, 1)
+        gate = WorkGate(2, 2, 1.0, 5.0)
         try:
             return await gate.run(lambda cancel: threading.current_thread().name)
         finally:
@@ -33,14 +33,14 @@ def test_full_queue_and_queue_timeout_are_overloaded() -> None:
     release = threading.Event()
 
     async def main() -> None:
-        gate = WorkGate(1, 1, 0.2, 30.0, 7)
+        gate = WorkGate(1, 1, 0.2, 30.0)
         busy = asyncio.ensure_future(gate.run(lambda cancel: release.wait(10)))
         await asyncio.sleep(0.05)
         waiting = asyncio.ensure_future(gate.run(lambda cancel: "second"))
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded, match="1 waiting") as refused:
             await gate.run(lambda cancel: "third")
-        assert refused.value.headers == {"Retry-After": "7"}
+        assert refused.value.retryable
         with pytest.raises(Overloaded, match="no slot freed within 0.2 s"):
             await waiting
         release.set()
@@ -61,7 +61,7 @@ def test_timed_out_job_is_cancelled_and_keeps_its_slot_until_it_stops() -> None:
         stopped.set()
 
     async def main() -> None:
-        gate = WorkGate(1, 4, 5.0, 0.05, 1)
+        gate = WorkGate(1, 4, 5.0, 0.05)
         with pytest.raises(TimedOut, match="0.05 s"):
             await gate.run(slow)
         assert not stopped.is_set()

@@ -1,0 +1,98 @@
+"""Every failure as JSON ``{"error": {"code", "message"}}`` (docs/serving.md, "Errors"), never
+a stack trace.
+
+Refusals (``service.core.errors.ServiceError`` and ``model_store.imaging.ImageError``) carry
+their status, code and whether they are retryable: one handler reads them. FastAPI's validation
+errors and Starlette's 404/405 get the same shape; a ``MemoryError`` is a retryable 503; anything
+unexpected becomes a logged 500 whose body says nothing about the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_store.imaging import ImageError
+from service.core.errors import InvalidParameter, OutOfMemory, ServiceError
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+"""Codes of the errors Starlette raises itself (unknown path, wrong method)."""
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def retry_after(settings: Settings) -> dict[str, str]:
+    """The ``Retry-After`` header of every retryable answer (503)."""
+    return {"Retry-After": str(settings.retry_after)}
+
+
+def refusal_response(request: Request, exc: ServiceError | ImageError) -> JSONResponse:
+    """A refusal as its JSON answer, with ``Retry-After`` when it is retryable."""
+    headers = dict(getattr(exc, "headers", {}))
+    if exc.retryable:
+        headers.update(retry_after(request.app.state.service.settings))
+    return error_response(exc.status, exc.code, str(exc), headers or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception a request can raise to one JSON error shape."""
+
+    async def refusal(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError | ImageError)
+        return refusal_response(request, exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, InvalidParameter.code, describe_validation_errors(exc.errors()))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def memory_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("out of memory on %s %s", request.method, request.url.path)
+        message = "the server ran out of memory for this request; the request can be retried"
+        return refusal_response(request, OutOfMemory(message))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error")
+
+    app.add_exception_handler(ServiceError, refusal)
+    app.add_exception_handler(ImageError, refusal)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(MemoryError, memory_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def describe_validation_errors(errors: Any) -> str:
+    """FastAPI's error list as one sentence: ``query.top_k: Input should be ...``."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "request"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
