@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.imaging import ImageLimits
-
-Device = Literal["auto", "cuda", "cpu"]
-ConvAlgoSearch = Literal["heuristic", "exhaustive", "default"]
-CudaLayout = Literal["auto", "nchw", "nhwc"]
+from service.core.engine import ConvAlgoSearch, CudaLayout, Device, EngineOptions
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$")
 
@@ -161,19 +158,19 @@ class Settings(BaseSettings):
                 )
         return origins
 
-    def engine_options(self) -> dict[str, object]:
-        """The keyword arguments of ``Engine`` that these settings set."""
-        return {
-            "device": self.device,
-            "cuda_mem_limit": self.cuda_mem_limit,
-            "cuda_sessions": self.cuda_sessions,
-            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-            "cuda_layout": self.cuda_layout,
-            "intra_op_threads": self.intra_op_threads,
-            "cpu_parallel_runs": self.cpu_parallel_runs,
-            "cpu_mem_arena": self.cpu_mem_arena,
-            "max_batch": self.max_batch,
-        }
+    def engine_options(self) -> EngineOptions:
+        """How these settings run every model."""
+        return EngineOptions(
+            device=self.device,
+            cuda_mem_limit=self.cuda_mem_limit,
+            cuda_sessions=self.cuda_sessions,
+            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+            cuda_layout=self.cuda_layout,
+            intra_op_threads=self.intra_op_threads,
+            cpu_parallel_runs=self.cpu_parallel_runs,
+            cpu_mem_arena=self.cpu_mem_arena,
+            max_batch=self.max_batch,
+        )
 
     def image_limits(self) -> ImageLimits:
         """What ``imaging.decode`` refuses under these settings."""

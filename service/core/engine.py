@@ -1,33 +1,47 @@
-"""One onnxruntime session per store entry, on CUDA when asked for and when it actually loads."""
+"""One model loaded for inference: ``Engine``, its options, and ``open_engine`` from a store."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import hashlib
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import onnxruntime as ort
 
-from model_store import EntryError, Manifest, StoreEntry
+from model_store import EntryError, Manifest, ModelStore, StoreEntry, sha256_bytes
+from service.core import sessions
 from service.core.errors import InferenceFailed
 from service.core.protocol import Cancelled
+from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
+Device = Literal["auto", "cuda", "cpu"]
+ConvAlgoSearch = Literal["heuristic", "exhaustive", "default"]
+CudaLayout = Literal["auto", "nchw", "nhwc"]
 
 
-class EngineError(Exception):
-    """The ONNX file could not be loaded as the manifest describes it, or not on the device."""
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine runs its model; ``Settings.engine_options()`` gives the service's.
+
+    ``device`` "auto" is CUDA where ``sessions.cuda_usable``; ``cuda_sessions`` and ``cuda_layout``
+    matter on CUDA only, ``cpu_parallel_runs`` and ``cpu_mem_arena`` on the CPU only (their
+    measured effects are in docs/serving.md, "Settings")."""
+
+    device: Device = "auto"
+    cuda_mem_limit: int | None = None
+    intra_op_threads: int = 0
+    max_batch: int = 10
+    cuda_sessions: int = 1
+    cudnn_conv_algo_search: ConvAlgoSearch = "heuristic"
+    cuda_layout: CudaLayout = "auto"
+    cpu_parallel_runs: int = 1
+    cpu_mem_arena: bool = True
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,14 @@ class FileIdentity:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
+def open_engine(store: ModelStore, name: str, options: EngineOptions) -> Engine:
+    """The engine of store entry ``name``: the manifest is read and validated, the ONNX file read
+    once, and its sha256 checked on exactly the bytes onnxruntime gets (by ``Engine``). The
+    service's registry and the offline evaluator both open their models here. Raises
+    ``StoreError`` (a broken entry) or ``EngineError`` (onnxruntime refuses it)."""
+    return Engine(store.read(name, verify=False), options)
+
+
 class Engine:
     """A loaded model: ``scores(batch)`` runs the fully-convolutional net (thread-safe).
 
@@ -57,51 +79,41 @@ class Engine:
     On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
     the process (see ``cpu_run_slots``): each call already spreads over every core.
 
-    The ONNX file is read once; with ``verify`` the sha256 of exactly the bytes that onnxruntime
-    gets is checked against the manifest, so a file swapped between a check and the load cannot
-    be served. The sessions live in memory: the file is never read again, and ``file_identity``
+    The ONNX file is read once and the sha256 of exactly the bytes that onnxruntime gets is
+    checked against the manifest, so a file swapped between a check and the load cannot be
+    served. The sessions live in memory: the file is never read again, and ``file_identity``
     records what it was, for ``changed_on_disk``.
     """
 
-    def __init__(
-        self,
-        entry: StoreEntry,
-        *,
-        device: Literal["auto", "cuda", "cpu"] = "auto",
-        cuda_mem_limit: int | None = None,
-        intra_op_threads: int = 0,
-        max_batch: int = 10,
-        cuda_sessions: int = 1,
-        cudnn_conv_algo_search: str = "heuristic",
-        cuda_layout: str = "auto",
-        cpu_parallel_runs: int = 1,
-        cpu_mem_arena: bool = True,
-        verify: bool = False,
-    ) -> None:
+    def __init__(self, entry: StoreEntry, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
         self.entry = entry
         self._manifest = entry.manifest
         onnx = entry.manifest.onnx
         self._input = onnx.input
         self._output = onnx.output
         self._dtype = np.dtype(onnx.dtype)
-        self.max_batch = max_batch
-        model_bytes, self.file_identity = _read_model(entry, verify)
-        setup = session_setup(
-            device,
-            cuda_mem_limit=cuda_mem_limit,
-            intra_op_threads=intra_op_threads,
-            cudnn_conv_algo_search=cudnn_conv_algo_search,
-            prefer_nhwc=prefers_nhwc(cuda_layout, onnx.dtype),
-            cpu_mem_arena=cpu_mem_arena,
+        self.max_batch = options.max_batch
+        model_bytes, self.file_identity = _read_verified(entry)
+        setup = sessions.session_setup(
+            options.device,
+            cuda_mem_limit=options.cuda_mem_limit,
+            intra_op_threads=options.intra_op_threads,
+            cudnn_conv_algo_search=options.cudnn_conv_algo_search,
+            prefer_nhwc=sessions.prefers_nhwc(options.cuda_layout, onnx.dtype),
+            cpu_mem_arena=options.cpu_mem_arena,
         )
-        open_session = functools.partial(_open_session, entry, model_bytes, device, *setup)
+        open_session = functools.partial(
+            sessions.open_session, entry, model_bytes, options.device, *setup
+        )
         first = open_session()
         self.provider = first.get_providers()[0]
-        extra = cuda_sessions - 1 if self.provider == CUDA else 0
+        extra = options.cuda_sessions - 1 if self.provider == CUDA else 0
         self._sessions = SessionPool([first, *(open_session() for _ in range(extra))])
         del model_bytes
         self._pad_chunks = self.provider == CUDA
-        self._run_slots = cpu_run_slots(cpu_parallel_runs) if self.provider == CPU else None
+        parallel = options.cpu_parallel_runs
+        self._run_slots = cpu_run_slots(parallel) if self.provider == CPU else None
         inputs = [i.name for i in first.get_inputs()]
         outputs = [o.name for o in first.get_outputs()]
         if inputs != [self._input] or self._output not in outputs:
@@ -178,83 +190,7 @@ class Engine:
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
 
 
-class SessionPool:
-    """Sessions of one model, each kept for the input shapes it ran last.
-
-    onnxruntime's CUDA Conv keeps the cuDNN algorithm of the last input shape only: every change
-    of shape chooses again, which costs a VGG tens of milliseconds in float32 and up to a second
-    in float16 on an H100 (README, "GPU"), more than the network itself. A dense request at three
-    scales changes shape three times. With a session per shape (up to the pool's size, least
-    recently used first), a stream of same-sized photos never changes a session's shape.
-    """
-
-    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
-        self._sessions = sessions
-        self._by_shape: OrderedDict[tuple[int, ...], int] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def for_shape(self, shape: tuple[int, ...]) -> ort.InferenceSession:
-        if len(self._sessions) == 1:
-            return self._sessions[0]
-        with self._lock:
-            index = self._by_shape.get(shape)
-            if index is None:
-                if len(self._by_shape) < len(self._sessions):
-                    index = len(self._by_shape)
-                else:
-                    _, index = self._by_shape.popitem(last=False)
-                self._by_shape[shape] = index
-            else:
-                self._by_shape.move_to_end(shape)
-            return self._sessions[index]
-
-
-@functools.cache
-def cpu_run_slots(parallel_runs: int) -> threading.BoundedSemaphore:
-    """The process-wide slots of network calls on the CPU provider, one set per number allowed.
-
-    onnxruntime spreads one call over every core (its intra-op threads, spinning while they wait
-    for work). Two calls at once, from two requests or two models, then share the cores and
-    spin against each other: on 2 cores two concurrent VGG-16 calls took 17 to 24% longer each
-    than the same calls one after the other (README, "Benchmarks"). With one slot, a request's
-    decoding and rescaling still overlap another's network call."""
-    if parallel_runs < 1:
-        raise ValueError(f"parallel_runs must be at least 1, not {parallel_runs}")
-    return threading.BoundedSemaphore(parallel_runs)
-
-
-def cuda_usable() -> bool:
-    """Whether onnxruntime has its CUDA provider and a CUDA driver is installed. Checked before
-    trying CUDA in ``auto`` mode, because a failed attempt logs errors from onnxruntime itself."""
-    if CUDA not in ort.get_available_providers():
-        return False
-    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
-    for name in names:
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
-        return True
-    return False
-
-
-@functools.cache
-def _preload_cuda_libraries() -> None:
-    """onnxruntime-gpu finds pip-installed CUDA and cuDNN libraries only once they are loaded;
-    torch would do it, but serving imports no torch."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    try:
-        preload()
-    except Exception as err:
-        log.debug("onnxruntime.preload_dlls failed: %s", err)
-
-
-def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
+def _read_verified(entry: StoreEntry) -> tuple[bytes, FileIdentity]:
     path = entry.onnx_path
     try:
         with open(path, "rb") as f:
@@ -262,91 +198,11 @@ def _read_model(entry: StoreEntry, verify: bool) -> tuple[bytes, FileIdentity]:
             data = f.read()
     except OSError as err:
         raise EntryError(entry.name, f"cannot read {path}: {err.strerror}") from None
-    if verify:
-        actual = hashlib.sha256(data).hexdigest()
-        expected = entry.manifest.onnx.sha256
-        if actual != expected:
-            raise EntryError(
-                entry.name,
-                f"sha256 mismatch for {entry.manifest.onnx.file}: manifest says {expected}, "
-                f"file has {actual}",
-            )
-    return data, identity
-
-
-def prefers_nhwc(cuda_layout: str, dtype: str) -> bool:
-    """Whether CUDA convolutions run channels-last: ``auto`` says so for float16 models, whose
-    channels-first convolutions get cuDNN algorithms 100 to 1000 times slower at some input shapes
-    on an H100 (README, "GPU"), and not for float32 ones, which are faster channels-first."""
-    return cuda_layout == "nhwc" or (cuda_layout == "auto" and dtype == "float16")
-
-
-Providers = list[str | tuple[str, dict[str, str]]]
-
-
-def session_setup(
-    device: str,
-    *,
-    cuda_mem_limit: int | None = None,
-    intra_op_threads: int = 0,
-    cudnn_conv_algo_search: str = "heuristic",
-    prefer_nhwc: bool = False,
-    cpu_mem_arena: bool = True,
-) -> tuple[ort.SessionOptions, Providers]:
-    """The session options and provider list the engine opens every model with (the benchmarks'
-    bare sessions use the same). ``device`` "auto" asks for CUDA only where ``cuda_usable``."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = intra_op_threads
-    options.enable_cpu_mem_arena = cpu_mem_arena
-    want_cuda = device == "cuda" or (device == "auto" and cuda_usable())
-    if not want_cuda:
-        return options, [CPU]
-    _preload_cuda_libraries()
-    cuda_options = {
-        "cudnn_conv_algo_search": cudnn_conv_algo_search.upper(),
-        "arena_extend_strategy": "kSameAsRequested",
-    }
-    if cuda_mem_limit:
-        cuda_options["gpu_mem_limit"] = str(cuda_mem_limit)
-    if prefer_nhwc:
-        cuda_options["prefer_nhwc"] = "1"
-    return options, [(CUDA, cuda_options), CPU]
-
-
-def _open_session(
-    entry: StoreEntry,
-    model_bytes: bytes,
-    device: str,
-    options: ort.SessionOptions,
-    providers: Providers,
-) -> ort.InferenceSession:
-    want_cuda = providers[0] != CPU
-    try:
-        session = ort.InferenceSession(model_bytes, options, providers=providers)
-    except Exception as err:
-        raise EngineError(f"onnxruntime cannot load {entry.onnx_path.name}: {err}") from None
-    running = session.get_providers()[0]
-    if device == "cuda" and running != CUDA:
-        raise EngineError(
-            "VERYDEEP_DEVICE=cuda but onnxruntime's CUDA provider did not load (no GPU, or CUDA "
-            f"or cuDNN libraries missing); the session would run on {running}"
+    actual, expected = sha256_bytes(data), entry.manifest.onnx.sha256
+    if actual != expected:
+        raise EntryError(
+            entry.name,
+            f"sha256 mismatch for {entry.manifest.onnx.file}: manifest says {expected}, "
+            f"file has {actual}",
         )
-    if want_cuda and running != CUDA:
-        log.warning("%s: CUDA provider did not load; running on %s", entry.name, running)
-    release_model_bytes(session)
-    return session
-
-
-def release_model_bytes(session: ort.InferenceSession) -> None:
-    """Let go of the model bytes that onnxruntime's Python session keeps for its whole life
-    (upstream's own TODO: "holding the memory indefinitely"): 1,076 MiB of resident memory for
-    VGG-16 + VGG-19, beside the weights the session holds anyway.
-
-    It keeps them to rebuild the session on another provider: from ``set_providers``, never
-    called here, and from ``run`` when a CUDA call fails, falling back to the CPU. That fallback
-    goes too: a failed call must be an ``InferenceFailed``, not a model silently moved to the CPU
-    while ``provider`` still says CUDA."""
-    session.disable_fallback()
-    if getattr(session, "_model_bytes", None) is not None:
-        session._model_bytes = None
+    return data, identity

@@ -1,6 +1,9 @@
 """Offline evaluation (paper Tables 3-6): top-1 and top-5 error on a labelled image folder.
 
-Every image goes through the very functions ``POST /classify`` runs: ``imaging.decode`` with the
+``verydeep evaluate`` reads what ``POST /classify`` reads the way it reads it: ``--model`` with
+the API's model resolver (``service.core.resolve``), ``--scales`` with its scales parser
+(``model_store.scales``), each model opened and verified by ``open_engine`` as the registry opens
+it. Every image goes through the very functions ``/classify`` runs: ``imaging.decode`` with the
 service's limits, then ``protocol.model_posterior`` per model and method, and the ensemble as the
 mean of its members' posteriors. Each image is decoded once per run and its rescaled inputs are
 shared by every model; each model's views of one image at one scale are one batched call.
@@ -20,8 +23,12 @@ from tqdm import tqdm
 
 from model_store import Manifest, ModelStore, StoreError
 from model_store.imaging import ImageError, decode
-from service.core.engine import Engine
+from model_store.scales import ScalesError
+from model_store.scales import parse_scales as parse_scales_list
+from service.core.engine import Engine, open_engine
+from service.core.errors import ServiceError
 from service.core.protocol import METHODS, Method, ScaledImages, model_posterior
+from service.core.resolve import ModelSpec, check_labels, parse_spec
 from service.settings import Settings
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, so a folder reads as ImageFolder reads it.
@@ -35,17 +42,14 @@ class EvaluationError(ValueError):
 
 
 def parse_scales(text: str, max_scale: int) -> ScaleChoice:
-    """``--scales``: "default", "single" or a comma list of Q in [224, max_scale]."""
+    """``--scales``: "default", "single" or a list of Q as ``/classify`` reads ``scales``
+    (``model_store.scales``)."""
     if text in ("default", "single"):
         return text  # type: ignore[return-value]
     try:
-        values = [int(q) for q in text.split(",")]
-    except ValueError:
-        raise EvaluationError(f"--scales: {text!r} is not 'single' or a list of integers") from None
-    bad = [q for q in values if not 224 <= q <= max_scale]
-    if bad:
-        raise EvaluationError(f"--scales: {bad} out of range; each Q must be in [224, {max_scale}]")
-    return values
+        return parse_scales_list(text, max_scale=max_scale)
+    except ScalesError as err:
+        raise EvaluationError(f"--scales: {err} (or 'default', 'single')") from None
 
 
 @dataclass(frozen=True)
@@ -175,25 +179,12 @@ def train_scale_text(manifest: Manifest) -> str:
     return str(s.min) if s.fixed else f"[{s.min};{s.max}]"
 
 
-def resolve_models(
-    store: ModelStore, spec: str, ensembles: dict[str, list[str]]
-) -> list[tuple[str, list[str]]]:
-    """``--model`` to the groups to report: each model alone, and the ensemble when there are
+def report_groups(parsed: ModelSpec) -> list[tuple[str, list[str]]]:
+    """The groups to report for ``--model``: each model alone, and the ensemble when there are
     several (a named ensemble counts as several: its members and itself)."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise EvaluationError("--model names no model")
-    if len(names) == 1 and names[0] in ensembles:
-        members = ensembles[names[0]]
-        return [(m, [m]) for m in members] + [(names[0], list(members))]
-    for name in names:
-        if name in ensembles:
-            raise EvaluationError(f"{name!r} is an ensemble; a comma list names models only")
-    if len(set(names)) != len(names):
-        raise EvaluationError(f"--model lists a model twice: {spec!r}")
-    groups = [(n, [n]) for n in names]
-    if len(names) > 1:
-        groups.append((",".join(names), names))
+    groups = [(m, [m]) for m in parsed.members]
+    if len(parsed.members) > 1:
+        groups.append((parsed.name, list(parsed.members)))
     return groups
 
 
@@ -211,20 +202,16 @@ def plan(
         ensembles = store.ensembles()
     except StoreError:
         ensembles = {}
-    groups = resolve_models(store, spec, ensembles)
-    names = sorted({m for _, members in groups for m in members})
-    engines: dict[str, Engine] = {}
-    for name in names:
-        if name not in store.names():
-            known = ", ".join(store.names() + sorted(ensembles)) or "none"
-            raise EvaluationError(f"unknown model {name!r} in {store.root} (known: {known})")
-        try:
-            engines[name] = Engine(store.read(name), **settings.engine_options())
-        except Exception as err:  # a broken entry, or an ONNX file onnxruntime refuses
-            raise EvaluationError(f"cannot load {name!r}: {err}") from None
-    labels = {tuple(e.manifest.labels) for e in engines.values()}
-    if len(labels) != 1:
-        raise EvaluationError("the models have different labels; they cannot be compared")
+    try:
+        # ``--model`` is read as ``/classify`` reads ``model`` (``service.core.resolve``).
+        parsed = parse_spec(spec, ensembles)
+    except ServiceError as err:
+        raise EvaluationError(f"--{err.message}") from None
+    engines = {name: _open(store, name, settings, ensembles) for name in parsed.members}
+    try:
+        check_labels(parsed, list(engines.values()))
+    except ServiceError:
+        raise EvaluationError("the models have different labels; they cannot be compared") from None
     chosen: dict[str, list[int]] = {}
     for name, engine in engines.items():
         if scales == "default":
@@ -233,7 +220,20 @@ def plan(
             chosen[name] = [engine.manifest.train_scale.single_test_scale()]
         else:
             chosen[name] = list(scales)
-    return Plan(engines, chosen, list(methods), flip, groups)
+    return Plan(engines, chosen, list(methods), flip, report_groups(parsed))
+
+
+def _open(
+    store: ModelStore, name: str, settings: Settings, ensembles: dict[str, list[str]]
+) -> Engine:
+    """The verified engine of ``name``, opened as the service opens it (``open_engine``)."""
+    if name not in store.names():
+        known = ", ".join(store.names() + sorted(ensembles)) or "none"
+        raise EvaluationError(f"unknown model {name!r} in {store.root} (known: {known})")
+    try:
+        return open_engine(store, name, settings.engine_options())
+    except Exception as err:  # a broken entry, or an ONNX file onnxruntime refuses
+        raise EvaluationError(f"cannot load {name!r}: {err}") from None
 
 
 def evaluate(

@@ -1,4 +1,5 @@
-"""The paper's test protocol (§3.2, §4; SPEC §5) on decoded images, with no HTTP in sight.
+"""The paper's test protocol (§3.2, §4; docs/serving.md, "Classifying") on decoded images, with
+no HTTP in sight.
 
 Per model and scale Q the image is rescaled (smallest side Q) and normalized once, then:
 
@@ -9,7 +10,8 @@ Per model and scale Q the image is rescaled (smallest side Q) and normalized onc
 - combined: the mean of the dense and the multicrop posteriors.
 
 A model's posterior is the mean of its views' posteriors; an ensemble's, the mean of its members'.
-The service and the offline evaluator both call ``classify``.
+The service and the offline evaluator both call ``model_posterior`` (``classify`` for an
+ensemble).
 """
 
 from __future__ import annotations
@@ -216,6 +218,17 @@ def model_posterior(
     )
 
 
+def model_scales(model: ScoringModel, scales: Sequence[int] | None) -> Sequence[int]:
+    """The scales a model runs at: those asked for, or by default its manifest's
+    ``test_scales``. The one statement of the default rule."""
+    return scales if scales is not None else model.manifest.test_scales
+
+
+def scales_used(models: Sequence[ScoringModel], scales: Sequence[int] | None) -> list[int]:
+    """Every Q that some model of ``models`` runs at (each Q once, in the order first met)."""
+    return list(dict.fromkeys(q for m in models for q in model_scales(m, scales)))
+
+
 def classify(
     models: Sequence[ScoringModel],
     image: Image.Image,
@@ -240,7 +253,7 @@ def classify(
         model_posterior(
             m,
             image,
-            scales if scales is not None else m.manifest.test_scales,
+            model_scales(m, scales),
             flip,
             method,
             cancel=cancel,

@@ -20,22 +20,16 @@ from typing import Literal
 
 from model_store import ModelStore, StoreError
 from model_store.manifest import NAME_PATTERN
-from service.core.engine import Engine, EngineError
+from model_store.scales import quoted
+from service.core.engine import Engine, open_engine
 from service.core.errors import InvalidParameter, UnknownModel
+from service.core.resolve import MAX_SPEC_LENGTH, check_labels, parse_spec
+from service.core.sessions import EngineError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed"]
-
-MAX_SPEC_LENGTH = 1024
-"""Longest ``model`` parameter: enough for a comma list of 15 names of the longest kind."""
-
-
-def shown(text: str, limit: int = 80) -> str:
-    """``repr(text)`` cut to ``limit`` characters, to quote client input in an error message."""
-    quoted = repr(text)
-    return quoted if len(quoted) <= limit else f"{quoted[: limit - 5]}...{quoted[-1]}"
 
 
 @dataclass(frozen=True)
@@ -162,39 +156,19 @@ class Registry:
 
     def resolve(self, spec: str | None) -> Resolved:
         """A ``model`` parameter (model, ensemble, comma list, or None for the default) to the
-        engines that run it. Raises UnknownModel (404) or InvalidParameter (422)."""
-        if spec is not None and len(spec) > MAX_SPEC_LENGTH:
-            raise InvalidParameter(
-                f"model: {len(spec)} characters; at most {MAX_SPEC_LENGTH} (names are 1-64 "
-                "characters, comma-separated)"
-            )
-        if spec is None or not spec.strip():
+        engines that run it (``service.core.resolve``). Raises UnknownModel (404) or
+        InvalidParameter (422)."""
+        if spec is None or (not spec.strip() and len(spec) <= MAX_SPEC_LENGTH):
             if self._default is None:
                 raise UnknownModel(
                     self._problem or "no model was named and there is no default model"
                 )
             spec = self._default
-        spec = spec.strip()
-        models, ensembles = self.models, self.ensembles
-        if "," in spec:
-            names = [part.strip() for part in spec.split(",")]
-            if any(not n for n in names):
-                raise InvalidParameter(f"model: empty name in the list {shown(spec)}")
-            if len(set(names)) != len(names):
-                raise InvalidParameter(f"model: a model is listed twice in {shown(spec)}")
-            for n in names:
-                if n in ensembles:
-                    raise InvalidParameter(
-                        f"model: {shown(n)} is an ensemble; a comma list names models only"
-                    )
-            members = tuple(self._model(n, models) for n in names)
-            labels = {tuple(m.manifest.labels) for m in members}
-            if len(labels) != 1:
-                raise InvalidParameter(f"model: the models of {shown(spec)} have different labels")
-            return Resolved(",".join(names), members)
-        if spec in ensembles:
-            return Resolved(spec, tuple(models[n] for n in ensembles[spec]))
-        return Resolved(spec, (self._model(spec, models),))
+        parsed = parse_spec(spec, self.ensembles)
+        models = self.models
+        members = tuple(self._model(n, models) for n in parsed.members)
+        check_labels(parsed, members)
+        return Resolved(parsed.name, members)
 
     def _model(self, name: str, models: dict[str, Engine]) -> Engine:
         if name in models:
@@ -202,7 +176,7 @@ class Registry:
         known = sorted(models) + sorted(self.ensembles)
         if not NAME_PATTERN.fullmatch(name):
             raise UnknownModel(
-                f"unknown model {shown(name)}: not a model name (1-64 letters, digits, '.', '_' "
+                f"unknown model {quoted(name)}: not a model name (1-64 letters, digits, '.', '_' "
                 f"or '-', starting with a letter or digit); available: {', '.join(known) or 'none'}"
             )
         for s in self.skipped:
@@ -225,11 +199,9 @@ class Registry:
             if self._stopping.is_set():
                 raise StoreError("loading stopped: the service is shutting down")
             try:
-                # The sha256 is checked on the bytes the session is built from (one read).
-                entry = self.store.read(name, verify=False)
-                engine = Engine(entry, **s.engine_options(), verify=True)
+                engine = open_engine(self.store, name, s.engine_options())
                 if s.warmup:
-                    engine.warm_up(entry.manifest.test_scales)
+                    engine.warm_up(engine.manifest.test_scales)
             except StoreError as err:
                 self._skip(name, "model", getattr(err, "reason", str(err)))
                 continue

@@ -1,46 +1,38 @@
-"""HTTP endpoints (SPEC §6): POST /classify, GET /models, /healthz, /readyz, /metrics."""
+"""The HTTP endpoints (docs/serving.md): POST /classify, GET /models, /healthz, /readyz,
+/metrics. Each route parses (``params``), calls the core, and answers (``responses``)."""
 
 from __future__ import annotations
 
-import re
-import threading
+import functools
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from model_store.imaging import DecodedImage, decode
-from service.core import protocol
-from service.core.errors import InvalidParameter, NotReady, TooLargeForDevice
+from service.core.classify import ClassifyRequest, Outcome, classify_bytes
+from service.core.errors import NotReady
 from service.core.gate import WorkGate
-from service.core.protocol import Classification, Method
-from service.core.registry import Registry, Resolved, shown
+from service.core.registry import Registry
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
 from service.http.metrics import Metrics
+from service.http.params import ClassifyParams, classify_params
+from service.http.responses import classify_response, milliseconds
 from service.http.schemas import (
     ClassifyResponse,
     EnsembleInfo,
     ErrorDetail,
     ErrorResponse,
     HealthResponse,
-    ImageSize,
     ModelInfo,
     ModelsResponse,
-    Prediction,
     ReadyResponse,
     SkippedInfo,
-    Timing,
 )
 from service.http.upload import FIELD, read_image_bytes
 from service.settings import Settings
-
-DEFAULT_TOP_K = 5
-QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k")
-_DIGITS = re.compile(r"[0-9]{1,6}")
 
 router = APIRouter()
 
@@ -88,151 +80,59 @@ _UPLOAD_BODY = {
     summary="Classify an image with the paper's test protocol",
 )
 async def classify_image(
-    request: Request,
-    model: Annotated[
-        str | None,
-        Query(description="model name, ensemble name, or comma-separated model names"),
-    ] = None,
-    scales: Annotated[
-        str | None,
-        Query(
-            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
-            "(default: each model's test_scales)",
-            examples=["256,384,512"],
-        ),
-    ] = None,
-    flip: Annotated[bool, Query(description="add the horizontally flipped views")] = True,
-    method: Annotated[Method, Query(description="dense, multicrop or combined")] = "dense",
-    top_k: Annotated[
-        int | None, Query(ge=1, description="1..K (default 5, or K when K < 5)")
-    ] = None,
+    request: Request, params: Annotated[ClassifyParams, Depends(classify_params)]
 ) -> ClassifyResponse:
     arrived = time.perf_counter()
     service = _service(request)
-    settings, registry, gate = service.settings, service.registry, service.gate
-    if not registry.ready or gate is None:
-        raise NotReady(registry.problem or "the models are still loading")
-    log_fields: dict[str, Any] = {"protocol": method, "flip": flip}
+    gate = _ready_gate(service)
+    log_fields: dict[str, Any] = {"protocol": params.method, "flip": params.flip}
     setattr(request.state, LOG_FIELDS, log_fields)
-    check_query(request)
-    resolved = registry.resolve(model)
+    resolved = service.registry.resolve(params.model)
     log_fields["model"] = resolved.name
-    requested_scales = parse_scales(scales, settings) if scales is not None else None
-    k = _top_k(top_k, resolved.num_classes)
-
-    limits = settings.image_limits()
-    all_scales = requested_scales or _default_scales(resolved)
-    draft_q = max(all_scales) if settings.jpeg_draft else None
-
-    def work(cancel: threading.Event) -> tuple[DecodedImage, Classification, float, float]:
-        t0 = time.perf_counter()
-        decoded = decode(data, limits, max_scale=draft_q)
-        check_batch(decoded.image.size, all_scales, flip, method, settings)
-        t1 = time.perf_counter()
-        result = protocol.classify(
-            resolved.members, decoded.image, requested_scales, flip, method, cancel=cancel
-        )
-        return decoded, result, t1 - t0, time.perf_counter() - t1
-
+    k = params.k(resolved.num_classes)
+    job = ClassifyRequest(resolved.members, params.scales, params.flip, params.method)
     async with gate.admit():
-        data = await read_image_bytes(request, settings.max_upload_bytes)
+        data = await read_image_bytes(request, service.settings.max_upload_bytes)
         log_fields["bytes"] = len(data)
-        (decoded, result, decode_s, inference_s), queue_s = await gate.run(work)
-    total_s = time.perf_counter() - arrived
-
-    labels = resolved.labels
-    response = ClassifyResponse(
-        model=resolved.name,
-        members=[m.name for m in result.members],
-        method=method,
-        scales=result.scales,
-        flip=flip,
-        views=result.views,
-        predictions=[
-            Prediction(index=i, label=labels[i], probability=p)
-            for i, p in protocol.top_k(result.posterior, k)
-        ],
-        image=ImageSize(width=decoded.width, height=decoded.height),
-        timing_ms=Timing(decode=_ms(decode_s), inference=_ms(inference_s), total=_ms(total_s)),
-    )
-    metrics = service.metrics
-    metrics.observe_phases(queue=queue_s, decode=decode_s, inference=inference_s, total=total_s)
-    for member in result.members:
-        metrics.views.labels(member.name).inc(member.views)
-    log_fields.update(
-        scales={m.name: list(m.scales) for m in result.members},
-        views={m.name: m.views for m in result.members},
-        image=f"{decoded.width}x{decoded.height}",
-        top1=response.predictions[0].label,
-        queue_ms=_ms(queue_s),
-        decode_ms=response.timing_ms.decode,
-        inference_ms=response.timing_ms.inference,
-    )
+        work = functools.partial(classify_bytes, data, job, service.settings)
+        outcome, queue_s = await gate.run(work)
+    response = classify_response(resolved, params, outcome, k, time.perf_counter() - arrived)
+    _record(service.metrics, log_fields, outcome, queue_s, response)
     return response
 
 
-def check_query(request: Request) -> None:
-    """A parameter given twice is ambiguous (proxies and frameworks disagree on which one
-    counts): 422. ``top_k`` must be plain ASCII digits (no '2_0', '+3' or '٣')."""
-    counts = Counter(key for key, _ in request.query_params.multi_items())
-    repeated = [name for name in QUERY_PARAMETERS if counts[name] > 1]
-    if repeated:
-        raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
-    top_k = request.query_params.get("top_k")
-    if top_k is not None and not _DIGITS.fullmatch(top_k.strip()):
-        raise InvalidParameter(f"top_k: {shown(top_k)} is not a positive integer")
+def _ready_gate(service: ServiceState) -> WorkGate:
+    if not service.registry.ready or service.gate is None:
+        raise NotReady(service.registry.problem or "the models are still loading")
+    return service.gate
 
 
-def check_batch(
-    size: tuple[int, int], scales: list[int], flip: bool, method: Method, settings: Settings
+def _record(
+    metrics: Metrics,
+    log_fields: dict[str, Any],
+    outcome: Outcome,
+    queue_s: float,
+    response: ClassifyResponse,
 ) -> None:
-    """Refuse, before any network runs, a request whose largest network call would exceed
-    ``max_batch_pixels`` (N x H x W): 413 too_large_for_device."""
-    max_pixels = settings.max_batch_pixels
-    batch = protocol.largest_batch(size, scales, flip, method, settings.max_batch)
-    if batch.pixels > max_pixels:
-        raise TooLargeForDevice(
-            f"at Q={batch.q} the {method} views of this {size[0]}x{size[1]} image need a batch "
-            f"of {batch.n} x {batch.height} x {batch.width} = {batch.pixels} pixels; the limit "
-            f"(VERYDEEP_MAX_BATCH_PIXELS) is {max_pixels}: ask for smaller scales or flip=false"
-        )
-
-
-def parse_scales(text: str, settings: Settings) -> list[int]:
-    """``"256,384,512"`` to ``[256, 384, 512]``; each Q in [224, max_scale], no repeats. Only
-    ASCII digits count (Python's ``int`` would take '2_56', '+256' or Unicode digits)."""
-    parts = [p.strip() for p in text.split(",")]
-    if not all(_DIGITS.fullmatch(p) for p in parts):
-        raise InvalidParameter(f"scales: {shown(text)} is not a comma-separated list of integers")
-    values = [int(p) for p in parts]
-    if len(values) > settings.max_scales_per_request:
-        raise InvalidParameter(
-            f"scales: {len(values)} scales; at most {settings.max_scales_per_request} per request"
-        )
-    bad = [q for q in values if not 224 <= q <= settings.max_scale]
-    if bad:
-        raise InvalidParameter(
-            f"scales: {bad} out of range; each Q must be in [224, {settings.max_scale}]"
-        )
-    if len(set(values)) != len(values):
-        raise InvalidParameter(f"scales: {shown(text)} lists a scale twice")
-    return values
-
-
-def _top_k(requested: int | None, num_classes: int) -> int:
-    if requested is None:
-        return min(DEFAULT_TOP_K, num_classes)
-    if requested > num_classes:
-        raise InvalidParameter(f"top_k: {requested} exceeds the {num_classes} classes")
-    return requested
-
-
-def _default_scales(resolved: Resolved) -> list[int]:
-    return [q for m in resolved.members for q in m.manifest.test_scales]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
+    """A classification's latency and views in the metrics, and its fields in the log line."""
+    timing, members = response.timing_ms, outcome.result.members
+    metrics.observe_phases(
+        queue=queue_s,
+        decode=outcome.decode_s,
+        inference=outcome.inference_s,
+        total=timing.total / 1000,
+    )
+    for member in members:
+        metrics.views.labels(member.name).inc(member.views)
+    log_fields.update(
+        scales={m.name: list(m.scales) for m in members},
+        views={m.name: m.views for m in members},
+        image=f"{response.image.width}x{response.image.height}",
+        top1=response.predictions[0].label,
+        queue_ms=milliseconds(queue_s),
+        decode_ms=timing.decode,
+        inference_ms=timing.inference,
+    )
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Models, ensembles, skipped entries")

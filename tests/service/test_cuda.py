@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model_store import ModelStore
-from service.core.engine import CUDA, cuda_usable
+from service.core.sessions import CUDA, cuda_usable
 from service.http.app import create_app
 from tests.service.conftest import TestClient, full_and_half_store, settings_for
 
@@ -85,10 +85,10 @@ def test_out_of_gpu_memory_is_a_503_and_the_service_stays_up(store: ModelStore) 
 
 
 def test_cuda_engine_keeps_a_session_per_shape_and_pads_chunks(store: ModelStore) -> None:
-    from service.core.engine import Engine
+    from service.core.engine import Engine, EngineOptions
 
-    engine = Engine(store.read("full"), device="cuda", cuda_sessions=3, max_batch=4)
-    reference = Engine(store.read("full"), device="cpu")
+    engine = Engine(store.read("full"), EngineOptions(device="cuda", cuda_sessions=3, max_batch=4))
+    reference = Engine(store.read("full"), EngineOptions(device="cpu"))
     assert engine.provider == CUDA and engine.sessions == 3 and engine._pad_chunks
     rng = np.random.default_rng(2)
     batches = [

@@ -3,6 +3,7 @@ falsely; the manifest's input and output names are checked."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -14,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.core.engine as engine_module
+import service.core.sessions as sessions_module
 from model_store import ModelStore
-from service.core.engine import CPU, Engine, EngineError, SessionPool, cpu_run_slots, cuda_usable
+from service.core.engine import Engine, EngineOptions
 from service.core.protocol import Cancelled
+from service.core.sessions import CPU, EngineError, SessionPool, cpu_run_slots, cuda_usable
 from tests.service.conftest import settings_for
 
 
 def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:
-    engine = Engine(service_store.read("tiny-d"), device="cpu", intra_op_threads=1)
+    engine = Engine(service_store.read("tiny-d"), EngineOptions(device="cpu", intra_op_threads=1))
     assert engine.provider == CPU
     assert engine.name == "tiny-d" and engine.manifest.num_classes == 5
     for shape, out in [((2, 3, 224, 224), (2, 5, 1, 1)), ((1, 3, 260, 300), (1, 5, 2, 3))]:
@@ -31,14 +33,14 @@ def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:
 
 
 def test_auto_reports_the_provider_that_runs(service_store: ModelStore) -> None:
-    engine = Engine(service_store.read("tiny-d"), device="auto", intra_op_threads=1)
+    engine = Engine(service_store.read("tiny-d"), EngineOptions(device="auto", intra_op_threads=1))
     assert engine.provider == ("CUDAExecutionProvider" if cuda_usable() else CPU)
 
 
 @pytest.mark.skipif(cuda_usable(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda_is_an_error(service_store: ModelStore) -> None:
     with pytest.raises(EngineError, match="CUDA provider did not load"):
-        Engine(service_store.read("tiny-d"), device="cuda")
+        Engine(service_store.read("tiny-d"), EngineOptions(device="cuda"))
 
 
 def test_manifest_io_names_must_match_the_graph(service_store: ModelStore, tmp_path: Path) -> None:
@@ -49,22 +51,26 @@ def test_manifest_io_names_must_match_the_graph(service_store: ModelStore, tmp_p
     manifest["onnx"]["input"] = "pixels"
     path.write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match="manifest says input 'pixels'"):
-        Engine(ModelStore(root).read("tiny-d"), device="cpu")
+        Engine(ModelStore(root).read("tiny-d"), EngineOptions(device="cpu"))
 
 
 def test_unloadable_onnx_is_an_engine_error(service_store: ModelStore, tmp_path: Path) -> None:
     root = tmp_path / "store"
     shutil.copytree(service_store.root / "tiny-d", root / "tiny-d")
     (root / "tiny-d" / "model.onnx").write_bytes(b"not onnx")
-    entry = ModelStore(root).read("tiny-d", verify=False)
+    path = root / "tiny-d" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["onnx"]["sha256"] = hashlib.sha256(b"not onnx").hexdigest()  # past the hash check
+    path.write_text(json.dumps(manifest))
+    entry = ModelStore(root).read("tiny-d")
     with pytest.raises(EngineError, match="cannot load"):
-        Engine(entry, device="cpu")
+        Engine(entry, EngineOptions(device="cpu"))
 
 
 def test_large_batches_run_in_chunks_of_max_batch(service_store: ModelStore) -> None:
     entry = service_store.read("tiny-d")
-    whole = Engine(entry, device="cpu", intra_op_threads=1, max_batch=50)
-    chunked = Engine(entry, device="cpu", intra_op_threads=1, max_batch=3)
+    whole = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=50))
+    chunked = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=3))
     calls: list[int] = []
     run = chunked._run
     chunked._run = lambda b, c: calls.append(len(b)) or run(b, c)  # type: ignore[method-assign]
@@ -77,8 +83,8 @@ def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> No
     """On CUDA the last chunk is padded with zeros, so that every call has one shape; the
     padding's scores are dropped."""
     entry = service_store.read("tiny-d")
-    whole = Engine(entry, device="cpu", intra_op_threads=1, max_batch=50)
-    padded = Engine(entry, device="cpu", intra_op_threads=1, max_batch=3)
+    whole = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=50))
+    padded = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=3))
     padded._pad_chunks = True  # what a CUDA engine sets
     calls: list[int] = []
     run = padded._run
@@ -93,7 +99,7 @@ def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> No
 def test_cpu_engine_holds_one_session_whatever_cuda_sessions_says(
     service_store: ModelStore,
 ) -> None:
-    engine = Engine(service_store.read("tiny-d"), device="cpu", cuda_sessions=4)
+    engine = Engine(service_store.read("tiny-d"), EngineOptions(device="cpu", cuda_sessions=4))
     assert engine.sessions == 1 and not engine._pad_chunks
 
 
@@ -139,7 +145,10 @@ def tracked_engines(
     store: ModelStore, parallel_runs: int, log: dict[str, int], seconds: float = 0.05
 ) -> list[Engine]:
     engines = [
-        Engine(store.read(name), device="cpu", intra_op_threads=1, cpu_parallel_runs=parallel_runs)
+        Engine(
+            store.read(name),
+            EngineOptions(device="cpu", intra_op_threads=1, cpu_parallel_runs=parallel_runs),
+        )
         for name in ("tiny-d", "tiny-e")
     ]
     for engine in engines:
@@ -195,7 +204,7 @@ def test_the_cpu_memory_arena_follows_the_setting_and_changes_no_score(
     scores = {}
     for arena in (True, False):
         options = settings_for(service_store.root, cpu_mem_arena=arena).engine_options()
-        engine = Engine(service_store.read("tiny-d"), **options)  # type: ignore[arg-type]
+        engine = Engine(service_store.read("tiny-d"), options)
         session = engine._sessions.for_shape(batch.shape)
         assert session.get_session_options().enable_cpu_mem_arena is arena
         scores[arena] = engine.scores(batch)
@@ -209,7 +218,7 @@ def test_the_engine_keeps_no_copy_of_the_model_bytes(service_store: ModelStore) 
     size = entry.onnx_path.stat().st_size
     tracemalloc.start()
     try:
-        engine = Engine(entry, device="cpu", intra_op_threads=1, verify=True)
+        engine = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1))
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -234,15 +243,17 @@ class ReportsCuda:
 def test_a_cuda_engine_opens_cuda_sessions_sessions(
     service_store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = engine_module._open_session
+    real_open = sessions_module.open_session
     opened: list[object] = []
 
     def open_reporting_cuda(*args: object) -> ReportsCuda:
         opened.append(real_open(*args))  # type: ignore[arg-type]
         return ReportsCuda(opened[-1])
 
-    monkeypatch.setattr(engine_module, "_open_session", open_reporting_cuda)
-    engine = Engine(service_store.read("tiny-d"), device="cpu", cuda_sessions=3, max_batch=2)
+    monkeypatch.setattr(sessions_module, "open_session", open_reporting_cuda)
+    engine = Engine(
+        service_store.read("tiny-d"), EngineOptions(device="cpu", cuda_sessions=3, max_batch=2)
+    )
     assert engine.provider == "CUDAExecutionProvider" and engine.sessions == 3
     assert len(opened) == 3 and engine._pad_chunks and engine._run_slots is None
     assert engine.scores(np.zeros((3, 3, 224, 224), dtype=np.float32)).shape == (3, 5, 1, 1)

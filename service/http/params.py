@@ -1,0 +1,96 @@
+"""The query parameters of ``POST /classify``, parsed once into ``ClassifyParams`` (a FastAPI
+dependency, so that the OpenAPI document describes each parameter).
+
+A parameter given twice is ambiguous (proxies and frameworks disagree on which one counts): 422.
+``scales`` goes through the one scales parser of the API and the command line
+(``model_store.scales``); ``top_k`` must be plain ASCII digits (no ``2_0``, ``+3`` or ``٣``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from model_store.scales import ScalesError, parse_scales, quoted
+from service.core.errors import InvalidParameter
+from service.core.protocol import Method
+from service.settings import Settings
+
+DEFAULT_TOP_K = 5
+QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k")
+_DIGITS = re.compile(r"[0-9]{1,6}")
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    model: str | None
+    scales: list[int] | None
+    flip: bool
+    method: Method
+    top_k: int | None
+
+    def k(self, num_classes: int) -> int:
+        """``top_k``, or its default, for a model of ``num_classes`` classes."""
+        if self.top_k is None:
+            return min(DEFAULT_TOP_K, num_classes)
+        if self.top_k > num_classes:
+            raise InvalidParameter(f"top_k: {self.top_k} exceeds the {num_classes} classes")
+        return self.top_k
+
+
+def app_settings(request: Request) -> Settings:
+    return request.app.state.service.settings
+
+
+def classify_params(
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    model: Annotated[
+        str | None,
+        Query(description="model name, ensemble name, or comma-separated model names"),
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Query(
+            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
+            "(default: each model's test_scales)",
+            examples=["256,384,512"],
+        ),
+    ] = None,
+    flip: Annotated[bool, Query(description="add the horizontally flipped views")] = True,
+    method: Annotated[Method, Query(description="dense, multicrop or combined")] = "dense",
+    top_k: Annotated[
+        int | None, Query(ge=1, description="1..K (default 5, or K when K < 5)")
+    ] = None,
+) -> ClassifyParams:
+    check_repeated(request)
+    raw_top_k = request.query_params.get("top_k")
+    if raw_top_k is not None and not _DIGITS.fullmatch(raw_top_k.strip()):
+        raise InvalidParameter(f"top_k: {quoted(raw_top_k)} is not a positive integer")
+    return ClassifyParams(
+        model=model,
+        scales=None if scales is None else scale_list(scales, settings),
+        flip=flip,
+        method=method,
+        top_k=top_k,
+    )
+
+
+def scale_list(text: str, settings: Settings) -> list[int]:
+    try:
+        return parse_scales(
+            text, max_scale=settings.max_scale, max_count=settings.max_scales_per_request
+        )
+    except ScalesError as err:
+        raise InvalidParameter(f"scales: {err}") from None
+
+
+def check_repeated(request: Request) -> None:
+    counts = Counter(key for key, _ in request.query_params.multi_items())
+    repeated = [name for name in QUERY_PARAMETERS if counts[name] > 1]
+    if repeated:
+        raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
