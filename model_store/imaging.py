@@ -1,11 +1,12 @@
-"""From image bytes to network input (docs/serving.md, "Test protocol", step 1), with Pillow and
+"""From image bytes to network input (docs/serving.md, "Classifying"), with Pillow and
 numpy only: the one decoding of the service and of training.
 
 ``decode`` turns bytes into an RGB PIL image with its EXIF orientation applied, refusing
 decompression bombs from the header alone. ``rescale`` is torchvision's ``Resize(Q)`` on a PIL
 image, to the pixel: short side Q, long side ``int(Q * long / short)``, PIL bilinear (which
 antialiases when it shrinks). ``to_input`` applies a manifest's preprocessing and returns float32
-CHW. The offline evaluator calls these same functions.
+CHW. The offline evaluator calls these same functions, and training decodes its images with
+``load_rgb``, which is ``decode``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -71,6 +73,10 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
+
+DATASET_LIMITS = ImageLimits(max_pixels=178_956_970, min_side=1, max_aspect_ratio=math.inf)
+"""What training refuses: only what Pillow itself refuses as a decompression bomb (twice its
+``MAX_IMAGE_PIXELS``). A dataset's panoramas and thumbnails are data, not hostile uploads."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,15 @@ def decode(
     if not drafted:
         width, height = rgb.size
     return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+def load_rgb(path: str | Path, *, max_scale: int | None = None) -> Image.Image:
+    """An image file decoded exactly as an upload is (``decode``), within ``DATASET_LIMITS``:
+    the decoding of the training data, so that a model trains on the pixels it is served.
+    ``max_scale`` lets libjpeg decode a large JPEG reduced, its short side still reaching it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return decode(data, DATASET_LIMITS, max_scale=max_scale).image
 
 
 def _bomb(err: Image.DecompressionBombError, limits: ImageLimits) -> ImageTooLarge:

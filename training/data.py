@@ -1,7 +1,8 @@
 """Training and validation data: image folders, the training-set RGB statistics, samplers.
 
 - ``image_folder(root)``: torchvision's ``ImageFolder`` (class per sub-folder), images decoded
-  with EXIF orientation applied and converted to RGB, as the service decodes them.
+  by ``model_store.imaging.load_rgb``: the very decoding of the service (EXIF orientation, alpha
+  over white, 16-bit grey scaled), so a model trains on the pixels it is served.
 - ``rgb_statistics(dataset)``: the training-set mean RGB (paper §2.1) and the PCA of RGB pixel
   values (AlexNet §4.1), computed from the data: from every image when the set is small, from a
   fixed random sample of ``max_images`` images when it is large; each image is reduced so that
@@ -12,24 +13,32 @@
   run the same crops as an uninterrupted one.
 - ``ResumableSampler``: ``DistributedSampler`` order (shuffled by ``seed + epoch``) that can start
   part-way through an epoch.
+- ``load_data(opts, d)``: the training and validation sets a ``verydeep train`` run names
+  (``--data``, ``--val-data``, ``--dataset shapes``), and ``step_batches``, which groups a loader's
+  micro-batches into optimiser steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset, DistributedSampler
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from training.errors import UserFacingError
+from model_store.imaging import load_rgb
+from training.errors import TrainError, UserFacingError
+
+if TYPE_CHECKING:
+    from training.distributed import Dist
+    from training.options import TrainOptions
 
 STATS_SIDE = 128  # images are reduced to at most this side before their pixels are counted
 STATS_MAX_IMAGES = 2000
@@ -37,17 +46,6 @@ STATS_MAX_IMAGES = 2000
 
 class DataError(UserFacingError):
     pass
-
-
-def load_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
-    """Decode like the service: EXIF orientation applied, any mode converted to RGB. With
-    ``draft``, a JPEG is decoded at a reduced size whose sides still reach ``draft``."""
-    with open(path, "rb") as f:
-        image = Image.open(f)
-        if draft is not None:
-            image.draft("RGB", (draft, draft))
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
 
 
 def image_folder(root: str | Path, transform: Callable | None = None) -> ImageFolder:
@@ -115,7 +113,7 @@ def rgb_statistics(
     outer = np.zeros((3, 3))
     count = 0
     for path in tqdm(chosen, desc="mean RGB and PCA", disable=not progress, leave=False):
-        image = load_rgb(path, draft=STATS_SIDE)
+        image = load_rgb(path, max_scale=STATS_SIDE)
         image.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
         x = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
         total += x.sum(axis=0)
@@ -226,3 +224,81 @@ def split_holdout(
         val += idx[:k]
         train += idx[k:]
     return sorted(int(i) for i in train), sorted(int(i) for i in val)
+
+
+@dataclass
+class Data:
+    """A run's images before any transform: class names, training and validation sets."""
+
+    labels: list[str]
+    train_base: Dataset
+    train_paths: list[str]
+    val_base: Dataset
+
+
+def shapes_folders(opts: TrainOptions, d: Dist) -> tuple[Path, Path]:
+    """Generate (once; rank 0) the shapes training and validation folders in the cache."""
+    from training.shapes import is_complete, write_shapes
+
+    cache = Path(opts.data_cache or Path.home() / ".cache" / "verydeep").expanduser()
+    train_seed, val_seed = opts.shapes_seed, opts.shapes_seed + 1
+    train_dir = cache / f"shapes-{opts.shapes_per_class}-seed{train_seed}"
+    val_dir = cache / f"shapes-{opts.shapes_val_per_class}-seed{val_seed}"
+    if d.main:
+        for root, n, seed in (
+            (train_dir, opts.shapes_per_class, train_seed),
+            (val_dir, opts.shapes_val_per_class, val_seed),
+        ):
+            if not is_complete(root, n, seed):
+                write_shapes(root, n, seed, progress=opts.progress)
+    d.barrier()
+    return train_dir, val_dir
+
+
+def load_data(opts: TrainOptions, d: Dist) -> Data:
+    """``--data`` (with ``--val-data``, or a held-out ``--val-fraction``) or the shapes."""
+    if (opts.data is None) == (opts.dataset is None):
+        raise TrainError("give exactly one of --data DIR and --dataset shapes")
+    if opts.dataset is not None and opts.dataset != "shapes":
+        raise TrainError(f"unknown --dataset {opts.dataset!r} (the built-in one is 'shapes')")
+    if opts.dataset == "shapes":
+        train_dir, val_dir = shapes_folders(opts, d)
+        if opts.val_data:
+            val_dir = Path(opts.val_data)
+    else:
+        train_dir = Path(opts.data)
+        val_dir = Path(opts.val_data) if opts.val_data else None
+    train_folder = image_folder(train_dir)
+    labels = list(train_folder.classes)
+    if val_dir is None:
+        return _held_out(train_folder, train_dir, labels, opts)
+    val_folder = image_folder(val_dir)
+    if val_folder.classes != labels:
+        raise TrainError(
+            f"validation classes {val_folder.classes} differ from training classes {labels}"
+        )
+    return Data(labels, train_folder, [p for p, _ in train_folder.samples], val_folder)
+
+
+def _held_out(folder: ImageFolder, root: Path, labels: list[str], opts: TrainOptions) -> Data:
+    train_idx, val_idx = split_holdout(folder.targets, opts.val_fraction, opts.seed)
+    if not val_idx:
+        raise TrainError("too few images to hold out a validation set; give --val-data")
+    train_paths = [folder.samples[i][0] for i in train_idx]
+    return Data(labels, Subset(folder, train_idx), train_paths, Subset(image_folder(root), val_idx))
+
+
+def step_batches(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]], micro_per_step: int, steps: int
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Group micro-batches into optimiser steps; stop after ``steps`` full steps."""
+    group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    done = 0
+    for batch in loader:
+        group.append(batch)
+        if len(group) == micro_per_step:
+            yield group
+            group = []
+            done += 1
+            if done == steps:
+                return
