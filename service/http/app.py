@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.access_log import AccessLogMiddleware
+from service.http.connections import CloseUnreadBodies
 from service.http.handlers import install_error_handlers
 from service.http.metrics import Metrics
 from service.http.routes import ServiceState, router
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     install_error_handlers(app)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     install_security(app, api_key, settings.cors_origins)
+    # Around both: a refusal sent before the body was read closes the connection.
+    app.add_middleware(CloseUnreadBodies)
     # Outermost: every request is logged and counted, refused ones (401, CORS) included.
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(router)

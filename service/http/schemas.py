@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from model_store import OnnxInfo, Preprocessing, TrainScale
+from model_store import OnnxInfo, Preprocessing, Provenance, TrainScale
 
 
 class Prediction(BaseModel):
@@ -54,13 +53,6 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class ProvenanceInfo(BaseModel):
-    source: str
-    checkpoint_sha256: str | None = None
-    created: datetime
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-
 class ModelInfo(BaseModel):
     """The manifest's fields but the labels, plus the execution provider that runs the model."""
 
@@ -75,7 +67,7 @@ class ModelInfo(BaseModel):
     test_scales: list[int]
     crop_size: int
     onnx: OnnxInfo
-    provenance: ProvenanceInfo
+    provenance: Provenance
     provider: str = Field(description="e.g. CUDAExecutionProvider or CPUExecutionProvider")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +253,99 @@ def test_limit_takes_images_in_turn_from_each_class(shapes_folder: Path) -> None
 def test_limit_below_one_is_refused(eval_store: ModelStore, shapes_folder: Path) -> None:
     with pytest.raises(EvaluationError, match="--limit must be at least 1, not 0"):
         evaluate(eval_store, "d", shapes_folder, limit=0, settings=settings_for(eval_store.root))
+
+
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        ("2_56", "'2_56' is not a comma-separated list of integers"),
+        ("٢٥٦", "is not a comma-separated list of integers"),
+        ("+256", "is not a comma-separated list of integers"),
+        ("256,256", "lists a scale twice"),
+        ("100", "out of range"),
+    ],
+)
+def test_scales_are_read_as_classify_reads_them(
+    eval_store: ModelStore,
+    shapes_folder: Path,
+    capsys: pytest.CaptureFixture[str],
+    scales: str,
+    message: str,
+) -> None:
+    args = ["evaluate", "--store", str(eval_store.root), "--data", str(shapes_folder)]
+    assert main([*args, "--model", "d", "--scales", scales, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("d,d", "a model is listed twice"),
+        ("d,,e", "empty name in the list"),
+        ("de,d", "is an ensemble; a comma list names models only"),
+        ("x" * 1100, "at most 1024"),
+    ],
+)
+def test_model_specs_are_read_as_classify_reads_them(
+    eval_store: ModelStore, shapes_folder: Path, spec: str, message: str
+) -> None:
+    with pytest.raises(EvaluationError, match=message):
+        evaluate(eval_store, spec, shapes_folder, settings=settings_for(eval_store.root))
+
+
+def test_evaluation_opens_each_model_once_from_the_bytes_it_hashes(
+    eval_store: ModelStore, shapes_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ONNX file is read once, and the sha256 checked is that of the bytes onnxruntime gets:
+    no hashing of the file first and reading it again (a window for a swapped file)."""
+    import service.core.sessions as sessions_module
+    from model_store import checksum
+
+    given: list[bytes] = []
+    real_open_session = sessions_module.open_session
+
+    def recording(entry, model_bytes, *rest):  # type: ignore[no-untyped-def]
+        given.append(model_bytes)
+        return real_open_session(entry, model_bytes, *rest)
+
+    def no_file_hash(path: object) -> str:
+        raise AssertionError(f"{path} was hashed apart from the bytes that are loaded")
+
+    monkeypatch.setattr(sessions_module, "open_session", recording)
+    monkeypatch.setattr(checksum, "sha256_file", no_file_hash)
+    monkeypatch.setattr("model_store.store.sha256_file", no_file_hash, raising=False)
+    evaluate(
+        eval_store,
+        "d",
+        shapes_folder,
+        limit=1,
+        settings=settings_for(eval_store.root),
+        progress=False,
+    )
+    manifest = eval_store.read("d", verify=False).manifest
+    assert len(given) == 1
+    assert hashlib.sha256(given[0]).hexdigest() == manifest.onnx.sha256
+
+
+def test_a_swapped_model_file_is_refused(eval_store: ModelStore, shapes_folder: Path) -> None:
+    entry = eval_store.read("d", verify=False)
+    original = entry.onnx_path.read_bytes()
+    try:
+        entry.onnx_path.write_bytes(original + b"\0")
+        with pytest.raises(EvaluationError, match="sha256 mismatch"):
+            evaluate(eval_store, "d", shapes_folder, settings=settings_for(eval_store.root))
+    finally:
+        entry.onnx_path.write_bytes(original)
+
+
+def test_offline_evaluation_imports_no_web_framework() -> None:
+    code = (
+        "import sys, service.core.evaluate, service.commands, service.settings\n"
+        "web = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette',"
+        " 'uvicorn') or m.startswith('service.http'))\n"
+        "print(web)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
