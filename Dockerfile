@@ -20,7 +20,7 @@
 #
 # CUDA 12 hosts (driver < 580): since 1.27 PyPI's onnxruntime-gpu is a CUDA 13 build and CUDA 12
 # builds are no longer published there, so no build argument here switches to CUDA 12; see
-# README.md ("Deployment", "Drivers older than R580") for the options.
+# docs/deployment.md ("Drivers older than R580") for the options.
 
 # The base is pinned by its full tag (Python patch release and Debian release), not by digest: the
 # tag is rebuilt by Docker Official Images with Debian security fixes, which a digest would freeze

@@ -1,6 +1,6 @@
 """Reading, validating and atomically writing entries of a model store directory.
 
-Layout (SPEC §4)::
+Layout (docs/training.md, "The model store")::
 
     <root>/<name>/manifest.json
     <root>/<name>/model.onnx

@@ -1,4 +1,5 @@
-"""Service settings, read from ``VERYDEEP_*`` environment variables (SPEC §6)."""
+"""Service settings, read from ``VERYDEEP_*`` environment variables (docs/serving.md,
+"Settings")."""
 
 from __future__ import annotations
 

@@ -33,9 +33,10 @@ class SessionPool:
 
     onnxruntime's CUDA Conv keeps the cuDNN algorithm of the last input shape only: every change
     of shape chooses again, which costs a VGG tens of milliseconds in float32 and up to a second
-    in float16 on an H100 (README, "GPU"), more than the network itself. A dense request at three
-    scales changes shape three times. With a session per shape (up to the pool's size, least
-    recently used first), a stream of same-sized photos never changes a session's shape.
+    in float16 on an H100 (docs/gpu.md, "What the GPU figures say"), more than the network itself.
+    A dense request at three scales changes shape three times. With a session per shape (up to
+    the pool's size, least recently used first), a stream of same-sized photos never changes a
+    session's shape.
     """
 
     def __init__(self, sessions: list[ort.InferenceSession]) -> None:
@@ -69,8 +70,8 @@ def cpu_run_slots(parallel_runs: int) -> threading.BoundedSemaphore:
     onnxruntime spreads one call over every core (its intra-op threads, spinning while they wait
     for work). Two calls at once, from two requests or two models, then share the cores and
     spin against each other: on 2 cores two concurrent VGG-16 calls took 17 to 24% longer each
-    than the same calls one after the other (README, "Benchmarks"). With one slot, a request's
-    decoding and rescaling still overlap another's network call."""
+    than the same calls one after the other (docs/serving.md, "Settings"). With one slot, a
+    request's decoding and rescaling still overlap another's network call."""
     if parallel_runs < 1:
         raise ValueError(f"parallel_runs must be at least 1, not {parallel_runs}")
     return threading.BoundedSemaphore(parallel_runs)
@@ -107,7 +108,8 @@ def _preload_cuda_libraries() -> None:
 def prefers_nhwc(cuda_layout: str, dtype: str) -> bool:
     """Whether CUDA convolutions run channels-last: ``auto`` says so for float16 models, whose
     channels-first convolutions get cuDNN algorithms 100 to 1000 times slower at some input shapes
-    on an H100 (README, "GPU"), and not for float32 ones, which are faster channels-first."""
+    on an H100 (docs/gpu.md, "What the GPU figures say"), and not for float32 ones, which are
+    faster channels-first."""
     return cuda_layout == "nhwc" or (cuda_layout == "auto" and dtype == "float16")
 
 
