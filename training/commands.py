@@ -248,7 +248,9 @@ def _import_torchvision(args: argparse.Namespace) -> int:
 
 @_fail_cleanly
 def _train(args: argparse.Namespace) -> int:
-    from training.train import TrainError, TrainOptions, train
+    from training.errors import TrainError
+    from training.options import TrainOptions
+    from training.train import train
 
     if args.scale is not None and (args.scale_min is not None or args.scale_max is not None):
         raise TrainError("give --scale S or --scale-min/--scale-max, not both")

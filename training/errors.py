@@ -3,3 +3,7 @@
 
 class UserFacingError(Exception):
     pass
+
+
+class TrainError(UserFacingError):
+    """``verydeep train`` refused its options or data, or the run diverged."""

@@ -18,9 +18,13 @@ import torch
 
 from model_store import ModelStore
 from training.checkpoint import load_checkpoint
+from training.distributed import Dist
 from training.export_checkpoint import export_checkpoint
+from training.model_setup import build_model
+from training.options import TrainOptions
+from training.run_logs import Logs
 from training.shapes import CLASSES
-from training.train import Dist, Logs, TrainOptions, build_model, train
+from training.train import train
 from verydeep.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]

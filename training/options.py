@@ -1,0 +1,83 @@
+"""The options of ``verydeep train`` and what a run returns. No torch: the command line takes
+its flags' defaults from ``TrainOptions`` without importing torch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_store import ConfigName
+
+if TYPE_CHECKING:
+    from training.init_from import LayerChoice
+    from training.vgg import InitScheme
+
+PAPER_LR = 1e-2
+FINE_TUNE_LR = 1e-3  # paper §3.1: S = 384 initialised from S = 256 with a smaller lr
+# Options a resumed run may change; everything else comes from the checkpoint.
+RESUME_OVERRIDES = ("epochs", "max_steps", "workers", "device", "progress", "tensorboard", "amp")
+
+
+@dataclass
+class TrainOptions:
+    out: str = "runs/train"
+    config: ConfigName = "A"
+    data: str | None = None
+    dataset: str | None = None  # "shapes": generated into data_cache
+    val_data: str | None = None
+    val_fraction: float = 0.05
+    shapes_per_class: int = 500
+    shapes_val_per_class: int = 100
+    shapes_seed: int = 0
+    data_cache: str | None = None
+    width: float = 1.0
+    fc_width: int = 4096
+    scale_min: int = 256
+    scale_max: int = 256
+    epochs: int = 74
+    lr: float | None = None  # PAPER_LR, or FINE_TUNE_LR with init_from
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    micro_batch: int | None = None
+    dropout: float = 0.5
+    color_shift: float = 0.1
+    input_std: str = "1"  # "1": the paper's (pixel - mean); "data": also / training-set std
+    patience: int = 2
+    warmup_epochs: float = 0.0
+    clip_grad_norm: float | None = None
+    max_steps: int | None = None
+    val_flip: bool = False
+    workers: int = 4
+    init: InitScheme = "normal"
+    init_from: str | None = None
+    init_from_a: str | None = None
+    a_layers: LayerChoice = "paper"  # with init_from_a: "paper" (4 convs + FC) or "all" (Net2Net)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None  # default: on for CUDA
+    resume: str | None = None  # a checkpoint path, or "auto" for <out>/last.pt
+    stats_images: int = 2000
+    progress: bool = True
+    tensorboard: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def initial_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return FINE_TUNE_LR if self.init_from else PAPER_LR
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    last: Path
+    best: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    global_step: int = 0
+    stopped: str = ""  # "finished", "plateau", "epochs", "max_steps", "signal"
