@@ -1,6 +1,7 @@
 """What the service tests share besides fixtures (those are in ``conftest.py``): the tiny models
-of the session store, settings and a test client, sample images, and the paper's test protocol
-written independently with torch, to hold /classify against."""
+of the session store, settings and a test client, sample images, a ``verydeep serve`` subprocess
+with the tests' settings (the server under test of ``bench/server.py``), and the paper's test
+protocol written independently with torch, to hold /classify against."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from bench.server import Server
 from model_store import ModelStore, Preprocessing, TrainScale
 from service.settings import Settings
 from tests.conftest import TINY_LABELS, TINY_PREPROCESSING, tiny_vgg
@@ -105,6 +107,30 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
     return buffer.getvalue()
+
+
+def server_for(
+    store: Path, log: Path, *, python_code: str | None = None, **overrides: object
+) -> Server:
+    """A ``verydeep serve`` subprocess of ``store`` (not started: ``with server_for(...) as s``)
+    with the settings of :func:`settings_for`'s tests: a developer's ``VERYDEEP_*`` variables left
+    out, one onnxruntime thread, and also ``tiny-d`` as the default model and no warm-up;
+    ``overrides`` are settings by name (``MAX_QUEUE=2`` is ``VERYDEEP_MAX_QUEUE=2``); its output
+    goes to ``log``."""
+    env: dict[str, object] = {
+        "VERYDEEP_INTRA_OP_THREADS": 1,
+        "VERYDEEP_DEFAULT_MODEL": "tiny-d",
+        "VERYDEEP_WARMUP": "false",
+    }
+    env |= {f"VERYDEEP_{name}": value for name, value in overrides.items()}
+    return Server(
+        store,
+        env,
+        log_path=log,
+        inherit_settings=False,
+        python_code=python_code,
+        ready_timeout=90,
+    )
 
 
 class PaperProtocol:

@@ -23,8 +23,7 @@ from service.core.registry import Registry
 from service.http import security
 from service.http.app import create_app
 from service.settings import Settings
-from tests.service.helpers import TestClient, settings_for
-from tests.service.reliability.server import ROOT, Server
+from tests.service.helpers import ROOT, TestClient, server_for, settings_for
 
 KEY = "k3y-for-tests-0123456789abcdef"
 PROTECTED = [
@@ -405,7 +404,7 @@ def test_verydeep_serve_never_unpickles(service_store: ModelStore, tmp_path: Pat
     import httpx
 
     audit = tmp_path / "audit.log"
-    server = Server(service_store.root, tmp_path / "serve.log", python_code=SERVE_WITH_AUDIT)
+    server = server_for(service_store.root, tmp_path / "serve.log", python_code=SERVE_WITH_AUDIT)
     server.command.insert(3, str(audit))  # after -c CODE: the log path, popped by the wrapper
     with server:
         response = httpx.post(

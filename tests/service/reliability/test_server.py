@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server import Server
 from model_store import ModelStore
-from tests.service.helpers import encode, sample_image
+from tests.service.helpers import encode, sample_image, server_for
 from tests.service.reliability.corpus import corpus
-from tests.service.reliability.server import Server
 
 CLIENT_TIMEOUT = 30.0
 QUEUE_TIMEOUT = 1.0
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 @pytest.fixture(scope="module")
 def server(service_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with Server(
+    with server_for(
         service_store.root,
         log,
         MAX_CONCURRENCY=1,
@@ -400,7 +400,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(
 ) -> None:
     png = encode(sample_image(640, 480), "PNG")
     params = {"method": "combined", "scales": "224,256,288"}
-    with Server(
+    with server_for(
         service_store.root,
         tmp_path / "serve.log",
         MAX_CONCURRENCY=1,
