@@ -22,21 +22,21 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import (
+from bench import machine
+from bench.context import DEFAULT_CACHE, MODES, Context, ort_threads
+from bench.models import VGG16, VGG19
+from bench.report import Figure, markdown_table, results_document, text_table, write_json
+from bench.suites import (
     batched,
     coldstart,
     decode,
     eager,
     efficiency,
     load,
-    machine,
     multicrop,
     overhead,
     scales,
 )
-from bench.context import DEFAULT_CACHE, MODES, Context, ort_threads
-from bench.models import VGG16, VGG19
-from bench.report import Figure, markdown_table, results_document, text_table, write_json
 
 log = logging.getLogger("bench")
 

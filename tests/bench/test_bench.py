@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import batched, coldstart, decode, efficiency, load, overhead, scales
 from bench import run as bench_run
 from bench.context import QUICK, Context
 from bench.models import TINY_D, ModelSpec, build_torch, conv_macs, ensure_store, torch_hook_macs
 from bench.report import Figure, Target, markdown_table, results_document, write_json
 from bench.stats import median, percentile
+from bench.suites import batched, coldstart, decode, efficiency, load, overhead, scales
 from training.fully_conv import to_fully_convolutional
 
 # --- multiply-adds -----------------------------------------------------------------------------

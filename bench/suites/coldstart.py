@@ -23,7 +23,7 @@ from model_store import ModelStore
 
 NAME = "coldstart"
 MIB = 2**20
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_STORE = REPO / "model_store"
 
 

@@ -1,10 +1,11 @@
 """Images/s and GPU memory by test scale (GPU suite), and the answers against the CPU provider.
 
-For each served model and each Q in 256, 384, 512, a fresh process (``python -m bench.scales``)
-loads the model with the service's ``Engine`` and classifies the 640x480 photo with the service's
-``classify`` (dense, flip: two views at Q; rescaling and normalising included, JPEG decoding not),
-then reports its images/s and the GPU memory that nvidia-smi gives for it. A fresh process per Q
-makes the memory that of this Q alone: onnxruntime's arena keeps its largest allocation.
+For each served model and each Q in 256, 384, 512, a fresh process
+(``python -m bench.suites.scales``) loads the model with the service's ``Engine`` and classifies
+the 640x480 photo with the service's ``classify`` (dense, flip: two views at Q; rescaling and
+normalising included, JPEG decoding not), then reports its images/s and the GPU memory that
+nvidia-smi gives for it. A fresh process per Q makes the memory that of this Q alone:
+onnxruntime's arena keeps its largest allocation.
 
 The peer is the float32 export of the same net on the CPU provider (the same seed gives the same
 weights), run on the same photo: its images/s beside the GPU's, and the largest differences of the
@@ -29,13 +30,13 @@ from bench.stats import median, ratio
 
 NAME = "scales"
 SCALES = (256, 384, 512)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_REPS = 2
 
 
 def worker(store: Path, model: str, photo: Path, q: int, device: str, reps: int) -> dict:
     """Run the measurement in a fresh process and return what it printed."""
-    command = [sys.executable, "-m", "bench.scales"]
+    command = [sys.executable, "-m", "bench.suites.scales"]
     command += [str(store), model, str(photo), str(q), device, str(reps)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:

@@ -56,7 +56,7 @@ def loadgen(
         command += ["--param", f"{key}={value}"]
     if burst:
         command.append("--burst")
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         command, capture_output=True, text=True, cwd=repo, timeout=duration + 360, check=False
     )
