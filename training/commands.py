@@ -6,10 +6,21 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from model_store import CONFIGS, StoreError
+from model_store.scales import ScalesError, parse_scales
+from training.errors import TrainError
+from training.options import FINE_TUNE_LR, PAPER_LR, RESUME_OVERRIDES, TrainOptions
 from training.torchvision_names import TORCHVISION_ARCHS
+
+DEFAULTS = TrainOptions()  # each flag of `verydeep train` takes its default from here
+# The largest test scale an export records as a default. The paper tests at Q <= 512 and the
+# service takes Q up to VERYDEEP_MAX_SCALE (1024 by default, docs/serving.md), which a host may
+# raise; past 4096 a value is a slip (25600 for 256) rather than a scale: a single view would be
+# a float32 input of over 200 MB.
+MAX_EXPORT_SCALE = 4096
 
 
 def register(commands: Any) -> None:
@@ -56,25 +67,25 @@ def register(commands: Any) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--config", choices=CONFIGS, default="A", help="Table 1 configuration")
-    g.add_argument("--width", type=float, default=1.0, help="conv width multiplier (default 1)")
-    g.add_argument("--fc-width", type=_positive_int, default=4096, help="fc6/fc7 width")
-    g.add_argument(
-        "--init", choices=("normal", "glorot", "kaiming"), default="normal",
+    _option(g, "--config", choices=CONFIGS, help="Table 1 configuration")
+    _option(g, "--width", type=float, help="conv width multiplier (default %(default)g)")
+    _option(g, "--fc-width", type=_positive_int, help="fc6/fc7 width")
+    _option(
+        g, "--init", choices=("normal", "glorot", "kaiming"),
         help="random init: the paper's N(0, 1e-2) (default), Glorot & Bengio, or He et al.; "
         "with --init-from-a, of the layers not copied from A",
     )  # fmt: skip
-    g.add_argument(
-        "--init-from", metavar="CKPT",
+    _option(
+        g, "--init-from", metavar="CKPT",
         help="fine-tune every layer from a checkpoint of the same config (e.g. S=384 from "
-        "S=256, or jittered S from S=384); lr defaults to 1e-3",
+        f"S=256, or jittered S from S=384); lr defaults to {_power_of_ten(FINE_TUNE_LR)}",
     )  # fmt: skip
-    g.add_argument(
-        "--init-from-a", metavar="CKPT",
+    _option(
+        g, "--init-from-a", metavar="CKPT",
         help="initialise the first four convs and the three FC layers from a trained config A",
     )  # fmt: skip
-    g.add_argument(
-        "--a-layers", choices=("paper", "all"), default="paper",
+    _option(
+        g, "--a-layers", choices=("paper", "all"),
         help="with --init-from-a: the paper's four convs and three FC layers (default), or all "
         "of A's layers with the deeper net's other convs set to the identity (Net2Net), so "
         "that it starts with A's accuracy",
@@ -82,81 +93,118 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="training image folder (DIR/<class>/*)")
-    src.add_argument("--dataset", choices=("shapes",), help="the built-in procedural dataset")
-    g.add_argument(
-        "--val-data", metavar="DIR",
+    _option(src, "--data", metavar="DIR", help="training image folder (DIR/<class>/*)")
+    _option(src, "--dataset", choices=("shapes",), help="the built-in procedural dataset")
+    _option(
+        g, "--val-data", metavar="DIR",
         help="validation image folder (default: hold out --val-fraction of --data; for "
         "--dataset shapes a generated set with seed + 1)",
     )  # fmt: skip
-    g.add_argument("--val-fraction", type=float, default=0.05, help="held-out share (0.05)")
-    g.add_argument("--shapes-per-class", type=_positive_int, default=500)
-    g.add_argument("--shapes-val-per-class", type=_positive_int, default=100)
-    g.add_argument("--shapes-seed", type=int, default=0)
+    _option(g, "--val-fraction", type=float, help="held-out share (%(default)s)")
+    _option(g, "--shapes-per-class", type=_positive_int)
+    _option(g, "--shapes-val-per-class", type=_positive_int)
+    _option(g, "--shapes-seed", type=int)
+    _option(g, "--data-cache", metavar="DIR", help="where shapes are generated (~/.cache/verydeep)")
+    # Either --scale or both of --scale-min and --scale-max (checked in _train_options).
     g.add_argument(
-        "--data-cache", metavar="DIR", help="where shapes are generated (~/.cache/verydeep)"
-    )
-    g.add_argument(
-        "--scale", type=_train_scale, metavar="S", help="fixed training scale S (default 256)"
-    )
+        "--scale", type=_train_scale, metavar="S",
+        help=f"fixed training scale S (default {DEFAULTS.scale_min})",
+    )  # fmt: skip
     g.add_argument("--scale-min", type=_train_scale, metavar="S_MIN", help="jittered S: minimum")
     g.add_argument("--scale-max", type=_train_scale, metavar="S_MAX", help="jittered S: maximum")
-    g.add_argument(
-        "--color-shift", type=float, default=0.1,
-        help="std of the PCA colour shift coefficients (0.1; 0 turns it off)",
+    _option(
+        g, "--color-shift", type=float,
+        help="std of the PCA colour shift coefficients (%(default)s; 0 turns it off)",
     )  # fmt: skip
-    g.add_argument(
-        "--input-std", default="1", metavar="STD",
-        help="divide the mean-subtracted pixels by STD: 1 (the paper's default) or 'data' "
-        "(the training set's per-channel std; recorded in the manifest's preprocessing)",
+    _option(
+        g, "--input-std", metavar="STD",
+        help="divide the mean-subtracted pixels by STD: %(default)s (the paper's default) or "
+        "'data' (the training set's per-channel std; recorded in the manifest's preprocessing)",
     )  # fmt: skip
-    g.add_argument("--workers", type=int, help="data-loading processes per process (4)")
+    _option(
+        g, "--workers", type=int, resume_override=True,
+        help="data-loading processes per process (%(default)s)",
+    )  # fmt: skip
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int, help="at most this many epochs (74)")
-    g.add_argument("--lr", type=float, help="initial learning rate (1e-2; 1e-3 with --init-from)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument(
-        "--batch-size", type=_positive_int, default=256,
-        help="effective batch over all processes (256)",
+    _option(
+        g, "--epochs", type=_positive_int, resume_override=True,
+        help="at most this many epochs (%(default)s)",
     )  # fmt: skip
-    g.add_argument(
-        "--micro-batch", type=_positive_int,
+    _option(
+        g, "--lr", type=float,
+        help=f"initial learning rate ({_power_of_ten(PAPER_LR)}; {_power_of_ten(FINE_TUNE_LR)} "
+        "with --init-from)",
+    )  # fmt: skip
+    _option(g, "--momentum", type=float)
+    _option(g, "--weight-decay", type=float)
+    _option(
+        g, "--batch-size", type=_positive_int,
+        help="effective batch over all processes (%(default)s)",
+    )  # fmt: skip
+    _option(
+        g, "--micro-batch", type=_positive_int,
         help="images per forward pass; gradients accumulate to --batch-size (default: all)",
     )  # fmt: skip
-    g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout (0.5)")
-    g.add_argument(
-        "--patience", type=int, default=2,
+    _option(g, "--dropout", type=float, help="fc6/fc7 dropout (%(default)s)")
+    _option(
+        g, "--patience", type=int,
         help="epochs without a better validation accuracy that are tolerated: lr / 10 after "
-        "one more (2, as torch's ReduceLROnPlateau counts)",
+        "one more (%(default)s, as torch's ReduceLROnPlateau counts)",
     )  # fmt: skip
-    g.add_argument(
-        "--warmup-epochs", type=float, default=0.0,
+    _option(
+        g, "--warmup-epochs", type=float,
         help="linear lr warm-up (not in the paper; helps narrow nets from scratch)",
     )  # fmt: skip
-    g.add_argument(
-        "--clip-grad-norm", type=float, metavar="NORM",
+    _option(
+        g, "--clip-grad-norm", type=float, metavar="NORM",
         help="clip the batch gradient's norm (not in the paper; off by default)",
     )  # fmt: skip
-    g.add_argument("--max-steps", type=_positive_int, help="stop (with a checkpoint) after N steps")
-    g.add_argument("--val-flip", action="store_true", help="validate with flipped views too")
-    g.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None,
+    _option(
+        g, "--max-steps", type=_positive_int, resume_override=True,
+        help="stop (with a checkpoint) after N steps",
+    )  # fmt: skip
+    _option(g, "--val-flip", action="store_true", help="validate with flipped views too")
+    _option(
+        g, "--amp", action=argparse.BooleanOptionalAction, resume_override=True,
         help="mixed precision (default: on for CUDA)",
     )  # fmt: skip
 
     g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/train", help="run folder (checkpoints, logs, curves)")
-    g.add_argument(
-        "--resume", nargs="?", const="auto", metavar="CKPT",
+    _option(g, "--out", help="run folder (checkpoints, logs, curves)")
+    _option(
+        g, "--resume", nargs="?", const="auto", metavar="CKPT",
         help="continue a run from OUT/last.pt (or CKPT) with its saved options; --epochs, "
         "--max-steps, --workers, --device and --amp may be changed",
     )  # fmt: skip
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    _option(g, "--seed", type=int)
+    _option(g, "--device", resume_override=True, help="%(default)s (default), cpu, cuda or cuda:N")
+    _option(g, "--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _option(
+        g, "--no-tensorboard", dest="tensorboard", action="store_false",
+        help="no TensorBoard event files",
+    )  # fmt: skip
+
+
+def _option(
+    group: Any, flag: str, *, resume_override: bool = False, help: str | None = None, **kw: Any
+) -> None:
+    """``flag`` for the ``TrainOptions`` field of the same name (or ``dest``), with that field's
+    default. With ``resume_override`` the parsed default is None instead, so that a resumed run
+    can tell a value given, which replaces the checkpoint's, from one not given."""
+    dest = kw.setdefault("dest", flag.removeprefix("--").replace("-", "_"))
+    default = getattr(DEFAULTS, dest)
+    if resume_override:
+        kw["default"] = None
+        help = help and help.replace("%(default)s", str(default))
+    else:
+        kw["default"] = default
+    group.add_argument(flag, help=help, **kw)
+
+
+def _power_of_ten(value: float) -> str:
+    """``1e-2`` as the paper writes it, not ``0.01``."""
+    return f"{value:.0e}".replace("e-0", "e-")
 
 
 def _positive_int(text: str) -> int:
@@ -191,13 +239,9 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 def _scales(text: str) -> list[int]:
     try:
-        scales = [int(q) for q in text.split(",")]
-    except ValueError:
-        msg = f"not a comma-separated list of integers: {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if any(q < 224 for q in scales):
-        raise argparse.ArgumentTypeError("every test scale must be >= 224")
-    return scales
+        return parse_scales(text, max_scale=MAX_EXPORT_SCALE)
+    except ScalesError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _fail_cleanly(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -248,64 +292,13 @@ def _import_torchvision(args: argparse.Namespace) -> int:
 
 @_fail_cleanly
 def _train(args: argparse.Namespace) -> int:
-    from training.errors import TrainError
-    from training.options import TrainOptions
     from training.train import train
 
-    if args.scale is not None and (args.scale_min is not None or args.scale_max is not None):
-        raise TrainError("give --scale S or --scale-min/--scale-max, not both")
-    if (args.scale_min is None) != (args.scale_max is None):
-        raise TrainError("give both --scale-min and --scale-max")
-    s_min = args.scale_min or args.scale or 256
-    s_max = args.scale_max or args.scale or 256
-    opts = TrainOptions(
-        out=args.out,
-        config=args.config,
-        data=args.data,
-        dataset=args.dataset,
-        val_data=args.val_data,
-        val_fraction=args.val_fraction,
-        shapes_per_class=args.shapes_per_class,
-        shapes_val_per_class=args.shapes_val_per_class,
-        shapes_seed=args.shapes_seed,
-        data_cache=args.data_cache,
-        width=args.width,
-        fc_width=args.fc_width,
-        scale_min=s_min,
-        scale_max=s_max,
-        epochs=args.epochs or 74,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        micro_batch=args.micro_batch,
-        dropout=args.dropout,
-        color_shift=args.color_shift,
-        input_std=args.input_std,
-        patience=args.patience,
-        warmup_epochs=args.warmup_epochs,
-        clip_grad_norm=args.clip_grad_norm,
-        max_steps=args.max_steps,
-        val_flip=args.val_flip,
-        workers=4 if args.workers is None else args.workers,
-        init=args.init,
-        init_from=args.init_from,
-        init_from_a=args.init_from_a,
-        a_layers=args.a_layers,
-        seed=args.seed,
-        device=args.device or "auto",
-        amp=args.amp,
-        resume=args.resume,
-        progress=not args.no_progress,
-        tensorboard=not args.no_tensorboard,
-    )
-    # A resumed run keeps its saved options but for these, when given on the command line.
-    given = [
-        k
-        for k in ("epochs", "max_steps", "workers", "device", "amp")
-        if getattr(args, k) is not None
-    ]
-    result = train(opts, overrides=[*given, "progress", "tensorboard"])
+    opts = _train_options(args)
+    # A resumed run keeps its saved options but for these: the ones given on the command line,
+    # and --no-progress / --no-tensorboard, never None, which apply to any run.
+    given = [k for k in RESUME_OVERRIDES if getattr(args, k) is not None]
+    result = train(opts, overrides=given)
     if result.stopped == "signal":
         if result.last.exists():
             print(f"interrupted: continue from {result.last} with --out {result.out} --resume")
@@ -315,6 +308,24 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done ({result.stopped}): {result.global_step} steps; checkpoints in {result.out}")
     return 0
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    """The parsed flags as ``TrainOptions``: the fields of the same name, with the dataclass
+    default where a flag was not given (None), and the training scale from --scale or
+    --scale-min / --scale-max."""
+    if args.scale is not None and (args.scale_min is not None or args.scale_max is not None):
+        raise TrainError("give --scale S or --scale-min/--scale-max, not both")
+    if (args.scale_min is None) != (args.scale_max is None):
+        raise TrainError("give both --scale-min and --scale-max")
+    values = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainOptions)
+        if getattr(args, f.name, None) is not None
+    }
+    values["scale_min"] = args.scale_min or args.scale or DEFAULTS.scale_min
+    values["scale_max"] = args.scale_max or args.scale or DEFAULTS.scale_max
+    return TrainOptions(**values)
 
 
 @_fail_cleanly

@@ -103,3 +103,29 @@ def test_bad_name_refused_before_any_work(
     assert code == 2
     assert "invalid model name" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", [["export", "c.pt"], ["import-torchvision", "vgg16"]])
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        ("2_56", "'2_56' is not a comma-separated list of integers"),
+        ("256,256", "'256,256' lists a scale twice"),
+        ("256,5000", "[5000] out of range; each Q must be in [224, 4096]"),
+    ],
+)
+def test_bad_test_scales_refused_by_the_command_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    scales: str,
+    message: str,
+) -> None:
+    """--test-scales is read by the parser of every scales list (model_store.scales): Python's
+    int would take '2_56' as 256, and a repeated Q would be computed twice."""
+    args = [*command, "--store", str(tmp_path / "s"), "--name", "m", "--test-scales", scales]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert f"argument --test-scales: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -21,7 +21,7 @@ from training.checkpoint import load_checkpoint
 from training.distributed import Dist
 from training.export_checkpoint import export_checkpoint
 from training.model_setup import build_model
-from training.options import TrainOptions
+from training.options import TrainOptions, TrainResult
 from training.run_logs import Logs
 from training.shapes import CLASSES
 from training.train import train
@@ -220,6 +220,24 @@ def test_command_line(tmp_path: Path, capsys) -> None:
                 "--out", str(tmp_path / "from-a"), *common])  # fmt: skip
     assert code == 2 and f"--init-from-a: no checkpoint at {missing}" in capsys.readouterr().err
     assert not (tmp_path / "from-a").exists()  # refused before anything is written
+
+
+def test_flags_default_to_the_options_defaults(tmp_path: Path, monkeypatch) -> None:
+    """Each flag's default is the TrainOptions field's; a resumed run takes the flags given."""
+    seen: list[tuple[TrainOptions, list[str]]] = []
+
+    def fake_train(opts: TrainOptions, overrides: list[str]) -> TrainResult:
+        seen.append((opts, sorted(overrides)))
+        return TrainResult(out=tmp_path, last=tmp_path / "last.pt", best=None, stopped="epochs")
+
+    monkeypatch.setattr("training.train.train", fake_train)
+    assert cli(["train", "--data", "d"]) == 0
+    assert seen[-1] == (TrainOptions(data="d"), ["progress", "tensorboard"])
+    assert cli(["train", "--resume", "--epochs", "74", "--no-amp", "--no-progress", "--scale",
+                "384"]) == 0  # fmt: skip
+    expected = TrainOptions(resume="auto", epochs=74, amp=False, progress=False, scale_min=384,
+                            scale_max=384)  # fmt: skip
+    assert seen[-1] == (expected, ["amp", "epochs", "progress", "tensorboard"])
 
 
 def test_export_of_a_trained_checkpoint(tmp_path: Path, shapes_data) -> None:
