@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from model_store import Manifest, ModelStore, StoreError
@@ -262,26 +263,7 @@ def evaluate(
     images = scan_folder(data, first.labels, class_match)
     if limit is not None:
         images = class_balanced(images)[:limit]
-    computed: list[Method] = sorted(
-        {
-            part
-            for m in run.methods
-            for part in (("dense", "multicrop") if m == "combined" else (m,))
-        },
-        key=METHODS.index,
-    )
-    rows = {
-        (name, method): Row(
-            model=name,
-            members=members,
-            method=method,
-            scales=sorted({q for m in members for q in run.scales[m]}),
-            flip=flip,
-            train_scales=sorted({train_scale_text(run.engines[m].manifest) for m in members}),
-        )
-        for name, members in run.groups
-        for method in run.methods
-    }
+    rows = _rows(run)
     limits = settings.image_limits()
     draft_q = run.largest_scale if settings.jpeg_draft else None
     watched = rows[(run.groups[-1][0], run.methods[0])]
@@ -291,24 +273,7 @@ def evaluate(
             decoded = decode(item.path.read_bytes(), limits, max_scale=draft_q)
         except (OSError, ImageError) as err:
             raise EvaluationError(f"{item.path}: {err}") from None
-        cache = ScaledImages(decoded.image)
-        posteriors: dict[tuple[str, Method], np.ndarray] = {}
-        seconds: dict[tuple[str, Method], float] = {}
-        for name, engine in run.engines.items():
-            for method in computed:
-                start = time.perf_counter()
-                result = model_posterior(
-                    engine, decoded.image, run.scales[name], flip, method, cache=cache
-                )
-                seconds[(name, method)] = time.perf_counter() - start
-                posteriors[(name, method)] = result.posterior
-            if "combined" in run.methods:
-                posteriors[(name, "combined")] = np.mean(
-                    [posteriors[(name, "dense")], posteriors[(name, "multicrop")]], axis=0
-                )
-                seconds[(name, "combined")] = (
-                    seconds[(name, "dense")] + seconds[(name, "multicrop")]
-                )
+        posteriors, seconds = _model_posteriors(run, decoded.image)
         for (group, method), row in rows.items():
             members = row.members
             posterior = np.mean([posteriors[(m, method)] for m in members], axis=0)
@@ -319,6 +284,49 @@ def evaluate(
             on_image(item.path, posteriors)
         bar.set_postfix_str(f"{watched.model} {watched.method} top-1 err {watched.top1_error:.1%}")
     return list(rows.values())
+
+
+def _rows(run: Plan) -> dict[tuple[str, Method], Row]:
+    return {
+        (name, method): Row(
+            model=name,
+            members=members,
+            method=method,
+            scales=sorted({q for m in members for q in run.scales[m]}),
+            flip=run.flip,
+            train_scales=sorted({train_scale_text(run.engines[m].manifest) for m in members}),
+        )
+        for name, members in run.groups
+        for method in run.methods
+    }
+
+
+Scores = dict[tuple[str, Method], np.ndarray]
+
+
+def _model_posteriors(
+    run: Plan, image: Image.Image
+) -> tuple[Scores, dict[tuple[str, Method], float]]:
+    """Each model's posterior of ``image`` by each method of the run, and the seconds it took;
+    ``combined`` is the mean of the dense and multi-crop posteriors, computed once each."""
+    computed = sorted(
+        {p for m in run.methods for p in (("dense", "multicrop") if m == "combined" else (m,))},
+        key=METHODS.index,
+    )
+    cache = ScaledImages(image)
+    posteriors: Scores = {}
+    seconds: dict[tuple[str, Method], float] = {}
+    for name, engine in run.engines.items():
+        for method in computed:
+            start = time.perf_counter()
+            result = model_posterior(engine, image, run.scales[name], run.flip, method, cache=cache)
+            seconds[(name, method)] = time.perf_counter() - start
+            posteriors[(name, method)] = result.posterior
+        if "combined" in run.methods:
+            parts = [(name, "dense"), (name, "multicrop")]
+            posteriors[(name, "combined")] = np.mean([posteriors[p] for p in parts], axis=0)
+            seconds[(name, "combined")] = sum(seconds[p] for p in parts)
+    return posteriors, seconds
 
 
 def format_table(rows: Sequence[Row]) -> str:

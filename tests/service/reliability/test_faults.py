@@ -213,7 +213,7 @@ def test_a_decode_crash_is_a_bare_500_and_the_service_goes_on(
     registry: Registry, png: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unforeseen exception (a bug) is a 500 with no internals; the slot is released."""
-    from service.http import routes
+    from service.core import classify
 
     def broken(*args: object, **kwargs: object):
         raise ZeroDivisionError("secret internals")
@@ -222,7 +222,7 @@ def test_a_decode_crash_is_a_bare_500_and_the_service_goes_on(
         settings_for(registry.settings.model_store, max_concurrency=1), registry=registry
     )
     with TestClient(app, raise_server_exceptions=False) as client:
-        monkeypatch.setattr(routes, "decode", broken)
+        monkeypatch.setattr(classify, "decode", broken)
         response = client.post("/classify", content=png, headers={"content-type": "image/png"})
         assert response.status_code == 500
         assert response.json() == {
