@@ -66,7 +66,13 @@ def register(commands: Any) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
+    _model_args(p.add_argument_group("model"))
+    _data_args(p.add_argument_group("data"))
+    _optimisation_args(p.add_argument_group("optimisation"))
+    _run_args(p.add_argument_group("run"))
+
+
+def _model_args(g: Any) -> None:
     _option(g, "--config", choices=CONFIGS, help="Table 1 configuration")
     _option(g, "--width", type=float, help="conv width multiplier (default %(default)g)")
     _option(g, "--fc-width", type=_positive_int, help="fc6/fc7 width")
@@ -91,7 +97,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "that it starts with A's accuracy",
     )  # fmt: skip
 
-    g = p.add_argument_group("data")
+
+def _data_args(g: Any) -> None:
     src = g.add_mutually_exclusive_group()
     _option(src, "--data", metavar="DIR", help="training image folder (DIR/<class>/*)")
     _option(src, "--dataset", choices=("shapes",), help="the built-in procedural dataset")
@@ -126,7 +133,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="data-loading processes per process (%(default)s)",
     )  # fmt: skip
 
-    g = p.add_argument_group("optimisation")
+
+def _optimisation_args(g: Any) -> None:
     _option(
         g, "--epochs", type=_positive_int, resume_override=True,
         help="at most this many epochs (%(default)s)",
@@ -170,7 +178,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="mixed precision (default: on for CUDA)",
     )  # fmt: skip
 
-    g = p.add_argument_group("run")
+
+def _run_args(g: Any) -> None:
     _option(g, "--out", help="run folder (checkpoints, logs, curves)")
     _option(
         g, "--resume", nargs="?", const="auto", metavar="CKPT",

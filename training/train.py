@@ -20,6 +20,9 @@ continues bit for bit where the run stopped.
 
 Outputs in ``--out``: ``last.pt`` and ``best.pt`` (``training.checkpoint`` format), ``metrics.csv``
 (per epoch), ``steps.csv`` (per step), ``tensorboard/`` and ``curves.png``.
+
+The loop is here: ``train_epoch`` and ``validate_epoch`` advance a ``TrainState`` (what a checkpoint
+holds, ``training.train_state``) within a ``Run`` (what stays fixed, ``training.run_setup``).
 """
 
 from __future__ import annotations

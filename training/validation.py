@@ -29,7 +29,8 @@ def evaluate_dense(
 
     The fully-convolutional net runs on each whole rescaled image (batch 1: images differ in
     size); the score map is averaged over space and softmax gives the posterior, averaged with
-    the flipped image's when ``flip``. Channels-last, as in training (``training.train``).
+    the flipped image's when ``flip``. Channels-last, as in training
+    (``training.train_state.new_state``).
     """
     fcn = to_fully_convolutional(model).eval().to(device, memory_format=torch.channels_last)
     loader = DataLoader(
