@@ -80,4 +80,4 @@ class TrainResult:
     best: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
     global_step: int = 0
-    stopped: str = ""  # "finished", "plateau", "epochs", "max_steps", "signal"
+    stopped: str = ""  # "plateau", "epochs", "max_steps" or "signal"

@@ -48,6 +48,8 @@ class EpochTotals:
 
 @dataclass
 class TrainState:
+    """What changes as a run trains, and all its checkpoint needs to resume bit for bit."""
+
     model: VGG
     net: nn.Module  # what runs forward: the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.SGD
@@ -65,8 +67,8 @@ def new_state(run: Run, resume: Checkpoint | None) -> TrainState:
     """The initial model and optimiser, or with ``resume`` the checkpoint's state."""
     opts, d = run.opts, run.d
     model = build_model(opts, len(run.data.labels), d, pretrained=resume is None)
-    # Channels-last (here and on every batch): the layout in which cuDNN runs float16
-    # convolutions on tensor cores without transposing them.
+    # Channels-last, the model here and every batch: the layout of cuDNN's tensor-core
+    # convolutions, which mixed precision runs on.
     model.to(run.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, opts, opts.initial_lr)
     schedule = PlateauSchedule(
@@ -89,6 +91,8 @@ def new_state(run: Run, resume: Checkpoint | None) -> TrainState:
 
 
 def restore(state: TrainState, resume: Checkpoint, run: Run) -> None:
+    """Load a checkpoint's training state into ``state``; the RNG states too when the number of
+    processes is the checkpoint's."""
     t = resume.training
     state.model.load_state_dict(resume.state_dict)
     state.optimizer.load_state_dict(t["optimizer"])
@@ -108,7 +112,7 @@ def restore(state: TrainState, resume: Checkpoint, run: Run) -> None:
         torch.manual_seed(run.opts.seed + 1000 * (state.global_step + 1) + d.rank)
     if d.main:
         log.info(
-            "resumed %s at epoch %d, step %d", run.opts.resume, state.epoch + 1, t["global_step"]
+            "resumed %s at epoch %d, step %d", run.opts.resume, state.epoch + 1, state.global_step
         )
 
 
