@@ -32,7 +32,7 @@ def service_settings(overrides: dict[str, str] | None = None):  # -> service.set
 def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.InferenceSession:
     """An onnxruntime session with the options and providers the service's engine sets under
     ``settings`` (a ``service.settings.Settings``) on ``device``."""
-    from service.core.engine import prefers_nhwc, session_setup
+    from service.core.sessions import prefers_nhwc, session_setup
 
     options, providers = session_setup(
         device,

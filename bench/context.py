@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,9 @@ class Context:
     def dtype(self) -> str:
         return self.model.dtype
 
-    def engine_options(self) -> dict[str, object]:
-        """The keyword arguments of the service's ``Engine`` under this run's settings, on its
-        device."""
-        return {**self.settings().engine_options(), "device": self.device}
+    def engine_options(self):  # -> service.core.engine.EngineOptions
+        """The options of the service's ``Engine`` under this run's settings, on its device."""
+        return replace(self.settings().engine_options(), device=self.device)
 
     def request_jpeg_path(self) -> Path:
         """The cached photo every latency figure classifies, written on first use."""

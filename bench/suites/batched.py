@@ -13,6 +13,8 @@ bound on the GPU beforehand."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnxruntime as ort
 
@@ -30,11 +32,12 @@ IO_BATCH = 10
 
 
 def run(ctx: Context) -> tuple[list[Figure], dict]:
-    from service.core.engine import Engine
+    from service.core.engine import Engine, EngineOptions
 
     entry = ctx.model_entry()
     batches = QUICK_BATCHES if ctx.mode.quick else BATCHES
-    engine = Engine(entry, device=ctx.device, max_batch=max(batches), cuda_sessions=len(batches))
+    options = EngineOptions(device=ctx.device, max_batch=max(batches), cuda_sessions=len(batches))
+    engine = Engine(entry, options)
     rng = np.random.default_rng(0)
     inputs = {
         b: rng.standard_normal((b, 3, CROP, CROP), dtype=np.float32).astype(ctx.dtype)
@@ -98,8 +101,8 @@ def shape_changes(ctx: Context, entry) -> tuple[list[Figure], dict]:
     ]
     options = ctx.engine_options()
     figures, details = [], {}
-    for sessions in sorted({1, options["cuda_sessions"]}):
-        engine = Engine(entry, **{**options, "cuda_sessions": sessions})
+    for sessions in sorted({1, options.cuda_sessions}):
+        engine = Engine(entry, replace(options, cuda_sessions=sessions))
         for count in sorted({sessions, len(pairs)}):
             if count == 1:
                 continue

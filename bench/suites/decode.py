@@ -49,9 +49,9 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     draft_s, full_s, floor_s = median(times["draft"]), median(times["full"]), median(times["floor"])
     decoded_size = decode(data, max_scale=Q).image.size
 
-    from service.core.engine import Engine
+    from service.core.engine import Engine, EngineOptions
 
-    engine = Engine(ctx.model_entry(), device="cpu")
+    engine = Engine(ctx.model_entry(), EngineOptions(device="cpu"))
     agreement = [_agreement(engine, draft(d), full(d)) for d in photos]
     del engine
     top1 = sum(a["top1_equal"] for a in agreement)

@@ -32,7 +32,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     threads = settings_threads or ort_threads()
     torch_threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    engine = Engine(entry, **ctx.engine_options())
+    engine = Engine(entry, ctx.engine_options())
     device = torch.device(ctx.device)
     dtype = getattr(torch, ctx.dtype)
     fcn = to_fully_convolutional(build_torch(ctx.model)).eval().to(device, dtype)

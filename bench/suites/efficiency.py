@@ -37,7 +37,7 @@ def matmul_session(
     import onnx
     from onnx import TensorProto, helper
 
-    from service.core.engine import session_setup
+    from service.core.sessions import session_setup
 
     elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     graph = helper.make_graph(

@@ -120,7 +120,7 @@ def measure(store: Path, model: str, photo: Path, q: int, device: str, reps: int
 
     entry = ModelStore(store).read(model, verify=False)
     options = service_settings({"VERYDEEP_DEVICE": device}).engine_options()
-    engine = Engine(entry, **options)  # type: ignore[arg-type]
+    engine = Engine(entry, options)
     image = decode(photo.read_bytes(), max_scale=q).image
     x = ScaledImages(image).get(q, entry.manifest.preprocessing)
     scores = engine.scores(x[None]).mean(axis=(2, 3), dtype=np.float64)[0]
