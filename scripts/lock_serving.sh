@@ -5,7 +5,7 @@
 # pyproject.toml pins the direct dependencies; this records the transitive ones as resolved
 # today for this platform and Python (CPython 3.11, Linux x86_64). Nothing is installed: pip
 # resolves with --dry-run --ignore-installed and writes its report. Re-run it when a pin in
-# pyproject.toml changes (tests/reliability/test_security.py checks that the lock agrees).
+# pyproject.toml changes (tests/service/reliability/test_security.py checks that the lock agrees).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}

@@ -27,7 +27,7 @@ from model_store.imaging import (
     to_input,
     to_rgb,
 )
-from tests.service.conftest import encode, sample_image
+from tests.service.helpers import encode, sample_image
 
 
 def with_png_size(png: bytes, width: int, height: int) -> bytes:

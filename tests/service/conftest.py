@@ -15,30 +15,16 @@ from service.http.app import create_app
 from tests.conftest import TINY_LABELS
 from tests.service.helpers import (
     ENSEMBLES,
-    LOGIT_GAIN,
     MODELS,
     PaperProtocol,
     TestClient,
     encode,
-    full_and_half_store,
     peaked_vgg,
     sample_image,
     settings_for,
 )
 from training.export import export_to_store
 from training.fully_conv import to_fully_convolutional
-
-# Not fixtures: helpers that the service tests not yet importing ``tests.service.helpers`` still
-# import from here.
-__all__ = [
-    "LOGIT_GAIN",
-    "PaperProtocol",
-    "TestClient",
-    "encode",
-    "full_and_half_store",
-    "sample_image",
-    "settings_for",
-]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 
 from model_store import ModelStore
 from service.http.app import create_app
-from tests.service.conftest import TestClient, settings_for
+from tests.service.helpers import TestClient, settings_for
 from tests.service.test_errors import assert_error, post_raw
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from model_store import ModelStore
 from service.core.sessions import CUDA, cuda_usable
 from service.http.app import create_app
-from tests.service.conftest import TestClient, full_and_half_store, settings_for
+from tests.service.helpers import TestClient, full_and_half_store, settings_for
 
 pytestmark = pytest.mark.skipif(
     not cuda_usable(), reason="needs an NVIDIA GPU and onnxruntime-gpu's CUDA provider"

@@ -20,7 +20,7 @@ from model_store import ModelStore
 from service.core.engine import Engine, EngineOptions
 from service.core.protocol import Cancelled
 from service.core.sessions import CPU, EngineError, SessionPool, cpu_run_slots, cuda_usable
-from tests.service.conftest import settings_for
+from tests.service.helpers import settings_for
 
 
 def test_cpu_engine_runs_dynamic_shapes(service_store: ModelStore) -> None:

@@ -18,7 +18,7 @@ from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.app import create_app
 from tests.model_store.test_imaging import with_png_size
-from tests.service.conftest import TestClient, encode, sample_image, settings_for
+from tests.service.helpers import TestClient, encode, sample_image, settings_for
 
 if TYPE_CHECKING:
     from httpx import Response

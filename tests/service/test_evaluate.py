@@ -23,7 +23,7 @@ from service.core.evaluate import (
 )
 from service.http.app import create_app
 from tests.conftest import TINY_PREPROCESSING, tiny_vgg
-from tests.service.conftest import LOGIT_GAIN, TestClient, settings_for
+from tests.service.helpers import LOGIT_GAIN, TestClient, settings_for
 from training.export import export_to_store
 from training.shapes import CLASSES, write_shapes
 from verydeep.cli import main

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from service.http.app import create_app
-from tests.service.conftest import TestClient, full_and_half_store, settings_for
+from tests.service.helpers import TestClient, full_and_half_store, settings_for
 
 
 def test_float16_model_serves_like_float32(tmp_path: Path) -> None:

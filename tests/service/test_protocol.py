@@ -24,7 +24,7 @@ from service.core.protocol import (
     top_k,
     views_per_scale,
 )
-from tests.service.conftest import sample_image
+from tests.service.helpers import sample_image
 
 K = 4
 

@@ -12,7 +12,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-    from tests.service.conftest import PaperProtocol
+    from tests.service.helpers import PaperProtocol
 
 TOL = 1e-4
 
