@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model_store.scales import CROP_SIZE
+
 SCHEMA_VERSION = 1
 ConfigName = Literal["A", "A-LRN", "B", "C", "D", "E"]
 """The configurations of the paper's Table 1: the one list of their names."""
@@ -50,8 +52,8 @@ class Preprocessing(_Strict):
 class TrainScale(_Strict):
     """The training scale S: fixed when ``min == max``, jittered in [min, max] otherwise."""
 
-    min: int = Field(ge=224)
-    max: int = Field(ge=224)
+    min: int = Field(ge=CROP_SIZE)
+    max: int = Field(ge=CROP_SIZE)
 
     @model_validator(mode="after")
     def _ordered(self) -> TrainScale:
@@ -64,10 +66,15 @@ class TrainScale(_Strict):
         return self.min == self.max
 
     def default_test_scales(self) -> list[int]:
-        """Paper §4.2: {S-32, S, S+32} for fixed S, {S_min, mid, S_max} for jittered S."""
+        """Paper §4.2: {S-32, S, S+32} for fixed S, {S_min, mid, S_max} for jittered S, in
+        ascending order and never a Q twice (docs/training.md, "The model store"). No Q is below
+        the 224 crop: for fixed S below 256, S-32 becomes 224, and disappears at S = 224
+        ([224, 256]); S_max = S_min + 1 has no mid of its own (224..225: [224, 225])."""
         if self.fixed:
-            return [max(224, self.min - 32), self.min, self.min + 32]
-        return [self.min, (self.min + self.max) // 2, self.max]
+            scales = [max(CROP_SIZE, self.min - 32), self.min, self.min + 32]
+        else:
+            scales = [self.min, (self.min + self.max) // 2, self.max]
+        return sorted(set(scales))
 
     def single_test_scale(self) -> int:
         """Paper §4.1: Q = S for fixed S, Q = (S_min + S_max) / 2 for jittered S."""
@@ -130,8 +137,14 @@ class Manifest(_Strict):
     @field_validator("test_scales")
     @classmethod
     def _scales_at_least_crop(cls, scales: list[int]) -> list[int]:
-        if any(q < 224 for q in scales):
-            raise ValueError(f"test_scales must all be >= 224, got {scales}")
+        if any(q < CROP_SIZE for q in scales):
+            raise ValueError(f"test_scales must all be >= {CROP_SIZE}, got {scales}")
+        repeated = sorted({q for q in scales if scales.count(q) > 1})
+        if repeated:
+            raise ValueError(
+                f"test_scales lists {', '.join(map(str, repeated))} more than once, got {scales}; "
+                "each Q must appear once"
+            )
         return scales
 
     @model_validator(mode="after")

@@ -1,15 +1,38 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from model_store import Manifest, OnnxInfo, Preprocessing, TrainScale
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_test_scales_follow_the_paper() -> None:
     assert TrainScale(min=256, max=256).default_test_scales() == [224, 256, 288]
     assert TrainScale(min=384, max=384).default_test_scales() == [352, 384, 416]
     assert TrainScale(min=256, max=512).default_test_scales() == [256, 384, 512]
+
+
+@pytest.mark.parametrize(
+    ("s_min", "s_max", "expected"),
+    [
+        (224, 224, [224, 256]),  # S - 32 would be below the crop, and 224 is S itself
+        (240, 240, [224, 240, 272]),  # S - 32 = 208 is raised to the crop
+        (256, 256, [224, 256, 288]),
+        (224, 256, [224, 240, 256]),
+        (224, 320, [224, 272, 320]),
+        (224, 226, [224, 225, 226]),
+        (224, 225, [224, 225]),  # no mid of its own
+    ],
+)
+def test_default_test_scales_never_repeat_a_scale(s_min: int, s_max: int, expected: list) -> None:
+    scales = TrainScale(min=s_min, max=s_max).default_test_scales()
+    assert scales == expected
+    assert len(set(scales)) == len(scales) and scales == sorted(scales) and min(scales) >= 224
+    _manifest(test_scales=scales)  # and the validator takes them
 
 
 def test_single_test_scale_follows_the_paper() -> None:
@@ -35,9 +58,26 @@ def test_onnx_file_stays_inside_the_entry(file: str) -> None:
         OnnxInfo(file=file, sha256="0" * 64, opset=17)
 
 
+def test_a_repeated_test_scale_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"test_scales lists 224 more than once"):
+        _manifest(test_scales=[224, 224, 256])
+
+
+def test_the_committed_demo_manifests_validate() -> None:
+    paths = sorted((REPO / "model_store").glob("demo-*/manifest.json"))
+    assert paths
+    for path in paths:
+        manifest = Manifest.model_validate_json(path.read_text())
+        assert len(set(manifest.test_scales)) == len(manifest.test_scales), path
+
+
 def test_summary_has_every_field_but_labels() -> None:
     fields = set(Manifest.model_fields) - {"labels"}
-    manifest = Manifest(
+    assert set(_manifest().summary()) == fields
+
+
+def _manifest(**changes: object) -> Manifest:
+    values: dict = dict(
         schema_version=1,
         name="m",
         config="E",
@@ -51,4 +91,4 @@ def test_summary_has_every_field_but_labels() -> None:
         onnx=OnnxInfo(sha256="a" * 64, opset=17),
         provenance={"source": "t", "created": "2026-01-01T00:00:00Z"},
     )
-    assert set(manifest.summary()) == fields
+    return Manifest(**{**values, **changes})
