@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         "refused with 413 before inference (bounds activation memory on the device)",
     )
 
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="milliseconds a network call waits for other requests' views of the same "
+        "model and input shape to join it (0: no waiting; views that queue up behind a running "
+        "call still share the next one); calls stay within max_batch and max_batch_pixels",
+    )
+
     max_concurrency: int = Field(2, ge=1, description="requests decoding or inferring at once")
     max_queue: int = Field(
         32,
@@ -171,6 +180,8 @@ class Settings(BaseSettings):
             cpu_parallel_runs=self.cpu_parallel_runs,
             cpu_mem_arena=self.cpu_mem_arena,
             max_batch=self.max_batch,
+            max_batch_pixels=self.max_batch_pixels,
+            batch_window_ms=self.batch_window_ms,
         )
 
     def image_limits(self) -> ImageLimits:

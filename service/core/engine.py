@@ -14,8 +14,8 @@ import numpy as np
 
 from model_store import EntryError, Manifest, ModelStore, StoreEntry, sha256_bytes
 from service.core import sessions
+from service.core.batching import Batcher
 from service.core.errors import InferenceFailed
-from service.core.protocol import Cancelled
 from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class EngineOptions:
     cuda_mem_limit: int | None = None
     intra_op_threads: int = 0
     max_batch: int = 10
+    max_batch_pixels: int = 8 * 1024 * 1024
+    batch_window_ms: float = 0.0
     cuda_sessions: int = 1
     cudnn_conv_algo_search: ConvAlgoSearch = "heuristic"
     cuda_layout: CudaLayout = "auto"
@@ -73,8 +75,10 @@ class Engine:
     silent fallback from CUDA to CPU is never reported as CUDA.
 
     On CUDA the engine holds ``cuda_sessions`` sessions of the model and gives each input shape
-    its own (see ``SessionPool``), and pads the last chunk of a batch split into ``max_batch``
-    calls to ``max_batch`` views, so that multi-crop's calls all have one shape.
+    its own (see ``SessionPool``), and pads every call that is not one request's whole batch
+    (the chunks of a batch larger than ``max_batch``, and calls merged across requests) to
+    ``max_batch`` views: a shape of view then comes in few batch sizes, each with its cuDNN plan
+    (multi-crop's calls all have one shape).
 
     On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
     the process (see ``cpu_run_slots``): each call already spreads over every core.
@@ -114,6 +118,15 @@ class Engine:
         self._pad_chunks = self.provider == CUDA
         parallel = options.cpu_parallel_runs
         self._run_slots = cpu_run_slots(parallel) if self.provider == CPU else None
+        self._calls = self._views = 0
+        self._count_lock = threading.Lock()
+        self._batcher = Batcher(
+            lambda views, merged: self._run(views, merged),
+            max_views=options.max_batch,
+            max_pixels=options.max_batch_pixels,
+            window_s=options.batch_window_ms / 1000,
+            slot=lambda: self._run_slots or contextlib.nullcontext(),
+        )
         inputs = [i.name for i in first.get_inputs()]
         outputs = [o.name for o in first.get_outputs()]
         if inputs != [self._input] or self._output not in outputs:
@@ -137,37 +150,45 @@ class Engine:
 
     def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
-        in calls of at most ``max_batch`` images. Raises InferenceFailed when onnxruntime fails
-        (its message is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before
-        a call starts (checked once it has its CPU run slot, which it may have waited for)."""
-        if len(batch) <= self.max_batch:
-            return self._run(batch, cancel)
+        in calls of at most ``max_batch`` images, which may also hold other requests' views of
+        the same shape (``Batcher``). Raises InferenceFailed when onnxruntime fails (its message
+        is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before a call starts
+        (checked once the call has its CPU run slot, which it may have waited for)."""
         step = self.max_batch
-        return np.concatenate(
-            [self._chunk(batch[i : i + step], cancel) for i in range(0, len(batch), step)]
-        )
+        if len(batch) <= step:
+            return self._batcher.scores(batch, cancel)
+        chunks = (batch[i : i + step] for i in range(0, len(batch), step))
+        return np.concatenate([self._batcher.scores(c, cancel, part=True) for c in chunks])
 
-    def _chunk(self, chunk: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
-        short = self.max_batch - len(chunk)
-        if not self._pad_chunks or short == 0:
-            return self._run(chunk, cancel)
-        padding = np.zeros((short, *chunk.shape[1:]), dtype=chunk.dtype)
-        return self._run(np.concatenate([chunk, padding]), cancel)[: len(chunk)]
+    @property
+    def network_calls(self) -> int:
+        """onnxruntime calls made so far (since the warm-up)."""
+        return self._calls
 
-    def _run(self, batch: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
+    @property
+    def network_views(self) -> int:
+        """Views computed so far, each counted once (padding not counted)."""
+        return self._views
+
+    def _run(self, batch: np.ndarray, merged: bool) -> np.ndarray:
+        n = len(batch)
+        padded = self.max_batch if self._pad_chunks and merged else n
+        if padded > n:
+            padding = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, padding])
         feed = {self._input: batch.astype(self._dtype, copy=False)}
         session = self._sessions.for_shape(batch.shape)
-        with self._run_slots or contextlib.nullcontext():
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("classification cancelled")
-            try:
-                (out,) = session.run([self._output], feed)
-            except Exception as err:
-                log.error(
-                    "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
-                )
-                raise InferenceFailed(self.name) from err
-        return out.astype(np.float32, copy=False)
+        try:
+            (out,) = session.run([self._output], feed)
+        except Exception as err:
+            log.error(
+                "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err
+            )
+            raise InferenceFailed(self.name) from err
+        with self._count_lock:
+            self._calls += 1
+            self._views += n
+        return out[:n].astype(np.float32, copy=False)
 
     def changed_on_disk(self) -> str | None:
         """None while the ONNX file is the one that was loaded (by size, mtime, inode), else what
@@ -188,6 +209,8 @@ class Engine:
         for q in scales:
             self.scores(np.zeros((2, 3, q, q), dtype=np.float32))
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
+        with self._count_lock:  # the counts are of requests' work
+            self._calls = self._views = 0
 
 
 def _read_verified(entry: StoreEntry) -> tuple[bytes, FileIdentity]:

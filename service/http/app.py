@@ -17,6 +17,7 @@ from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.access_log import AccessLogMiddleware
 from service.http.connections import CloseUnreadBodies
+from service.http.docs_assets import install_docs
 from service.http.handlers import install_error_handlers
 from service.http.metrics import Metrics
 from service.http.routes import ServiceState, router
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     settings = settings or Settings()
     registry = registry or Registry(settings)
     metrics = Metrics()
+    metrics.watch_network(lambda: registry.models)
     state = ServiceState(settings=settings, registry=registry, metrics=metrics)
 
     @asynccontextmanager
@@ -58,7 +60,15 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             state.gate = None
             await asyncio.to_thread(registry.stop)
 
-    app = FastAPI(title="verydeep", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc come from install_docs, with their assets served here rather than by a CDN.
+    app = FastAPI(
+        title="verydeep",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = state
     install_error_handlers(app)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -68,6 +78,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # Outermost: every request is logged and counted, refused ones (401, CORS) included.
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(router)
+    install_docs(app)
     return app
 
 

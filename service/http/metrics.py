@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 PHASES = ("queue", "decode", "inference", "total")
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -56,9 +61,44 @@ class Metrics:
         )
         self.ready = Gauge("verydeep_ready", "1 once every model is loaded", registry=self.registry)
 
+    def watch_network(self, engines: Callable[[], Mapping[str, NetworkCounts]]) -> None:
+        """Serve ``verydeep_network_calls_total`` and ``verydeep_network_views_total`` per model
+        from the engines' own counts, read at every scrape."""
+        self.registry.register(_NetworkCollector(engines))
+
     def observe_phases(self, **seconds: float) -> None:
         for phase, value in seconds.items():
             self.latency.labels(phase).observe(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class NetworkCounts(Protocol):
+    @property
+    def network_calls(self) -> int: ...
+
+    @property
+    def network_views(self) -> int: ...
+
+
+class _NetworkCollector(Collector):
+    def __init__(self, engines: Callable[[], Mapping[str, NetworkCounts]]) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily(
+            "verydeep_network_calls",
+            "onnxruntime calls since ready, by model (one call may hold several requests' views)",
+            labels=["model"],
+        )
+        views = CounterMetricFamily(
+            "verydeep_network_views",
+            "Views computed by the network since ready, by model, each once (padding not counted)",
+            labels=["model"],
+        )
+        for name, engine in sorted(self._engines().items()):
+            calls.add_metric([name], engine.network_calls)
+            views.add_metric([name], engine.network_views)
+        yield calls
+        yield views
