@@ -10,6 +10,7 @@ unexpected becomes a logged 500 whose body says nothing about the internals.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_store.imaging import ImageError
+from model_store.scales import quoted
 from service.core.errors import InvalidParameter, OutOfMemory, ServiceError
 from service.settings import Settings
 
@@ -70,7 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, code, http_error_message(request, exc), exc.headers)
 
     async def memory_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("out of memory on %s %s", request.method, request.url.path)
@@ -89,10 +91,62 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+def http_error_message(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's 404 and 405 ("Not Found", "Method Not Allowed") said as the service's other
+    refusals are: what was asked, and what there is instead."""
+    path = quoted(request.url.path)
+    if exc.status_code == 404:
+        return f"no route at {path}; the routes are listed at /docs"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        also = f"; it takes {allowed}" if allowed else ""
+        return f"{request.method} is not a method of {path}{also}"
+    return str(exc.detail)
+
+
+_LOCATIONS = frozenset({"query", "path", "header", "cookie", "body"})
+
+
 def describe_validation_errors(errors: Any) -> str:
-    """FastAPI's error list as one sentence: ``query.top_k: Input should be ...``."""
+    """FastAPI's error list as one sentence in the service's own words, as its other refusals
+    (``method: 'x' is not one of dense, multicrop, combined``), parameter by parameter."""
     parts = []
     for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "request"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        loc = [str(p) for p in e.get("loc", ())]
+        if len(loc) > 1 and loc[0] in _LOCATIONS:
+            loc = loc[1:]
+        parts.append(f"{'.'.join(loc) or 'request'}: {validation_message(e)}")
     return "; ".join(parts) or "invalid request"
+
+
+def validation_message(error: Any) -> str:
+    """One pydantic error (a dict of ``errors()``) as the service words a refusal: what was
+    given, quoted, and what is accepted. Also ``verydeep serve``'s words for a bad setting."""
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    shown = quoted(given) if isinstance(given, str) else repr(given)
+    if kind in ("literal_error", "enum"):
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        if choices:
+            return f"{shown} is not one of {', '.join(choices)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{shown} is not true or false"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{shown} is not an integer"
+    if kind in ("float_parsing", "float_type"):
+        return f"{shown} is not a number"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds and bounds[kind][1] in ctx:
+        words, key = bounds[kind]
+        value = given if isinstance(given, str) and len(given) <= 20 else shown
+        return f"{value} out of range; it must be {words} {ctx[key]}"
+    if kind == "missing":
+        return "required, and not given"
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")

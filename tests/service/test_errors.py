@@ -174,6 +174,38 @@ def test_422_bad_parameters(client: TestClient, png: bytes, params: dict, field:
     assert field in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"method": "tencrop"}, "method: 'tencrop' is not one of dense, multicrop, combined"),
+        ({"flip": "perhaps"}, "flip: 'perhaps' is not true or false"),
+        ({"top_k": "three"}, "top_k: 'three' is not an integer"),
+        ({"top_k": "0"}, "top_k: 0 out of range; it must be at least 1"),
+        (
+            {"method": "x", "flip": "maybe"},
+            "flip: 'maybe' is not true or false; method: 'x' is not one of dense, multicrop, "
+            "combined",
+        ),
+    ],
+)
+def test_422_framework_checks_speak_as_the_service(
+    client: TestClient, png: bytes, params: dict, message: str
+) -> None:
+    """The parameters FastAPI validates are refused in the words of the service's own checks
+    (``scales: [100] out of range; ...``), not pydantic's (``query.method: Input should be``)."""
+    error = assert_error(post_raw(client, png, **params), 422, "invalid_parameter")
+    assert error["message"] == message
+
+
+def test_404_and_405_say_what_was_asked(client: TestClient) -> None:
+    error = assert_error(client.get("/nowhere"), 404, "not_found")
+    assert error["message"] == "no route at '/nowhere'; the routes are listed at /docs"
+    response = client.get("/classify")
+    error = assert_error(response, 405, "method_not_allowed")
+    assert error["message"] == "GET is not a method of '/classify'; it takes POST"
+    assert response.headers["allow"] == "POST"
+
+
 def test_422_multipart_without_the_image_field(client: TestClient, png: bytes) -> None:
     response = client.post("/classify", files={"picture": ("a.png", png, "image/png")})
     assert "'image'" in assert_error(response, 422, "invalid_parameter")["message"]
