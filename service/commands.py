@@ -4,8 +4,29 @@ onnxruntime: they load inside the handler that runs."""
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+STORE_VARIABLE = "VERYDEEP_MODEL_STORE"
+DEFAULT_STORE = "./model_store"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+"""The defaults of ``service.settings.Settings`` as the help shows them (a test holds them to
+it): the parser is built without importing the settings' dependencies."""
+
+
+def from_env(variable: str, fallback: object) -> str:
+    """How an option that defaults to an environment variable says so in its help, with the
+    variable's current value when it is set."""
+    value = os.environ.get(variable)
+    now = f" (set: {value!r})" if value is not None else ""
+    return f"{variable}{now}, else {fallback}".replace("%", "%%")
 
 
 def register(commands: Any) -> None:
@@ -13,65 +34,176 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "serve",
         help="serve the models of a store over HTTP",
-        description="Serve a model store over HTTP. Settings come from VERYDEEP_* environment "
-        "variables; these flags override them.",
+        description="Serve a model store over HTTP (docs/serving.md). Settings come from "
+        "VERYDEEP_* environment variables; these flags override them. A store that does not "
+        "exist or holds no model entry, or an address that cannot be listened on, is refused "
+        "before anything loads.",
     )
-    p.add_argument("--store", help="model store directory (VERYDEEP_MODEL_STORE)")
-    p.add_argument("--host", help="bind address (VERYDEEP_HOST)")
-    p.add_argument("--port", type=int, help="port (VERYDEEP_PORT)")
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
+    )
+    p.add_argument(
+        "--host",
+        help=f"bind address; 0.0.0.0 for every interface (default: "
+        f"{from_env('VERYDEEP_HOST', DEFAULT_HOST)})",
+    )
+    p.add_argument(
+        "--port", type=int, help=f"port (default: {from_env('VERYDEEP_PORT', DEFAULT_PORT)})"
+    )
     p.set_defaults(handler=_serve)
 
     p = commands.add_parser(
         "evaluate",
         help="top-1 and top-5 error on a labelled image folder, as the paper's tables",
         description="Evaluate models and their ensemble on an ImageFolder-layout folder with the "
-        "code that serves /classify. Several models are evaluated one by one and as their "
-        "ensemble; a named ensemble likewise.",
+        "code that serves /classify (docs/evaluation.md). Several models are evaluated one by "
+        "one and as their ensemble; a named ensemble likewise. Settings such as "
+        "VERYDEEP_DEVICE and VERYDEEP_MAX_SCALE apply as in serve.",
     )
-    p.add_argument("--store", help="model store directory (default: VERYDEEP_MODEL_STORE)")
-    p.add_argument("--model", required=True, help="NAME[,NAME...] or an ensemble name")
-    p.add_argument("--data", required=True, help="folder of <class>/<image> files")
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME[,NAME...]",
+        help="a model, several models (each alone and their ensemble) or an ensemble name "
+        "(required)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="folder of <class>/<image> files (required)",
+    )
     p.add_argument(
         "--method",
         choices=["dense", "multicrop", "combined", "all"],
         default="dense",
-        help="all: dense, multi-crop and both (Table 5)",
+        help="all: dense, multi-crop and both combined (Table 5) (default: %(default)s)",
     )
     p.add_argument(
         "--scales",
         default="default",
-        help="Q,Q,...; 'single' for the paper's single-scale rule (Q = S, or (S_min+S_max)/2); "
-        "default: each model's test_scales",
+        metavar="Q,Q,...",
+        help="test scales; 'single' for the paper's single-scale rule (Q = S, or "
+        "(S_min+S_max)/2); 'default': each model's test_scales (default: %(default)s)",
     )
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="no flipped views")
-    p.add_argument("--limit", type=int, help="N images only, in turn from each class")
+    p.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="no flipped views (default: each image and its mirror image, as /classify)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="N images only, taken in turn from each class (default: every image)",
+    )
     p.add_argument(
         "--class-match",
         choices=["name", "index"],
         default="name",
         help="name: class folders are named by labels; index: sorted folders are the classes "
-        "in label order (ILSVRC synset folders)",
+        "in label order (ILSVRC synset folders) (default: %(default)s)",
     )
-    p.add_argument("--json", help="write the results to this file")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the results to this JSON file (default: the table only)",
+    )
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress output (default: progress on stderr)",
+    )
     p.set_defaults(handler=_evaluate)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def settings_or_none(command: str, flags: dict[str, tuple[str, object]]) -> Settings | None:
+    """``Settings`` from the environment with the command's ``flags`` (``{field: (flag,
+    value)}``, None values left out) over it; None after printing what is wrong, each problem
+    under the name the user typed: ``VERYDEEP_PORT`` or ``--port``, never the field name."""
     from pydantic import ValidationError
 
     from service.settings import Settings
 
-    overrides = {
-        field: value
-        for field, value in (("model_store", args.store), ("host", args.host), ("port", args.port))
-        if value is not None
-    }
+    overrides = {field: value for field, (_, value) in flags.items() if value is not None}
     try:
-        settings = Settings(**overrides)
+        return Settings(**overrides)
     except ValidationError as err:
-        print(f"verydeep serve: invalid settings:\n{err}", file=sys.stderr)
+        # Only now: the message helper lives with the HTTP error handlers (one voice for both).
+        from service.http.handlers import validation_message
+
+        lines = []
+        for error in err.errors():
+            field = str(error["loc"][0]) if error.get("loc") else ""
+            name = flags[field][0] if field in overrides else f"VERYDEEP_{field.upper()}"
+            lines.append(f"  {name}: {validation_message(error)}")
+        print(f"verydeep {command}: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+        return None
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port``, or None. Checked before the store
+    loads, as uvicorn will bind it (every address the host resolves to, SO_REUSEADDR)."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as err:
+        return f"cannot listen on {shown}: {getattr(err, 'strerror', None) or err}"
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            if err.errno == errno.EADDRINUSE:
+                return (
+                    f"cannot listen on {shown}: {reason.lower()}; another server is running "
+                    "there: stop it, or choose another port with --port or VERYDEEP_PORT"
+                )
+            return f"cannot listen on {shown}: {reason.lower()}"
+    return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_or_none(
+        "serve",
+        {
+            "model_store": ("--store", args.store),
+            "host": ("--host", args.host),
+            "port": ("--port", args.port),
+        },
+    )
+    if settings is None:
         return 2
+
+    from model_store import ModelStore
+    from service.core.registry import unservable_store
+
+    problem = unservable_store(ModelStore(settings.model_store))
+    if problem:
+        print(
+            f"verydeep serve: error: {problem}; name the store with --store or {STORE_VARIABLE}",
+            file=sys.stderr,
+        )
+        return 2
+    problem = cannot_listen(settings.host, settings.port)
+    if problem:
+        print(f"verydeep serve: error: {problem}", file=sys.stderr)
+        return 1
 
     import uvicorn
 
@@ -89,6 +221,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    settings = settings_or_none("evaluate", {"model_store": ("--store", args.store)})
+    if settings is None:
+        return 2
+
     from model_store import ModelStore
     from service.core.evaluate import (
         EvaluationError,
@@ -97,14 +233,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         parse_scales,
         write_json,
     )
-    from service.settings import Settings
 
-    settings = Settings()
     methods = ["dense", "multicrop", "combined"] if args.method == "all" else [args.method]
     try:
         scales = parse_scales(args.scales, settings.max_scale)
         rows = evaluate(
-            ModelStore(args.store or settings.model_store),
+            ModelStore(settings.model_store),
             args.model,
             args.data,
             methods=methods,

@@ -8,6 +8,9 @@ A request's ``model`` parameter is only ever looked up among the names loaded he
 becomes a path, so no request can reach a file outside (or inside) the store. Sessions are built
 from the verified bytes and live in memory; an ONNX file changed on disk after start-up changes
 no answer, and ``changed_on_disk`` reports it (a restart would verify it again).
+
+A store that is missing or holds no entry at all is no store to serve: ``unservable_store`` says
+so, and ``verydeep serve`` refuses to start on it (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,31 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed"]
+
+
+def unservable_store(store: ModelStore) -> str | None:
+    """Why ``store`` cannot be served at all, or None: its directory is missing, unreadable or
+    holds no entry (a folder with ``manifest.json`` or ``model.onnx``). Broken entries are no
+    such reason: loading skips them and serves the rest."""
+    root = store.root.resolve()
+    if not store.root.exists():
+        return f"the model store {root} does not exist"
+    if not store.root.is_dir():
+        return f"the model store {root} is not a directory"
+    try:
+        names = store.names()
+    except OSError as err:
+        return f"the model store {root} cannot be read: {err.strerror or err}"
+    if not names:
+        return (
+            f"the model store {root} holds no model entry (a folder with manifest.json and "
+            "model.onnx)"
+        )
+    return None
+
+
+class _Stopped(Exception):
+    """The service began shutting down before the store was loaded."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,14 @@ class Registry:
             self._load_models()
             self._load_ensembles()
             self._choose_default()
+        except _Stopped:
+            # A shutdown, not a failure (the server may never have started: a taken port).
+            self._problem = "loading stopped: the service is shutting down"
+            self._state = "failed"
+            log.info(
+                "loading stopped: the service is shutting down (%d loaded)", len(self._models)
+            )
+            return
         except StoreError as err:
             self._finish("failed", str(err))
             return
@@ -197,7 +233,7 @@ class Registry:
             raise StoreError(f"the model store {self.store.root.resolve()} is not a directory")
         for name in self.store.names():
             if self._stopping.is_set():
-                raise StoreError("loading stopped: the service is shutting down")
+                raise _Stopped
             try:
                 engine = open_engine(self.store, name, s.engine_options())
                 if s.warmup:

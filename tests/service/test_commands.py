@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -12,8 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from model_store import ModelStore
+from service import commands as service_commands
+from service.settings import Settings
+from verydeep.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +91,75 @@ def test_serve_refuses_invalid_settings(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "max_scale" in result.stderr and "Traceback" not in result.stderr
+    assert "VERYDEEP_MAX_SCALE: 12 out of range" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("name", ["serve", "evaluate"])
+def test_help_shows_every_default(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every option has help text, and it says what happens without the option: its default,
+    the variable it defaults to, or that it is required."""
+    for variable in ("VERYDEEP_MODEL_STORE", "VERYDEEP_HOST", "VERYDEEP_PORT"):
+        monkeypatch.delenv(variable, raising=False)
+    parser = subcommand(name)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        assert action.help, action.option_strings
+        assert "default" in action.help or action.required, action.option_strings
+    text = parser.format_help()
+    assert "(default: VERYDEEP_MODEL_STORE, else ./model_store)" in " ".join(text.split())
+    if name == "serve":
+        flat = " ".join(text.split())
+        assert "(default: VERYDEEP_HOST, else 127.0.0.1)" in flat
+        assert "(default: VERYDEEP_PORT, else 8000)" in flat
+    else:
+        assert "(default: dense)" in text and "(default: name)" in text
+
+
+def test_help_defaults_are_the_settings_defaults() -> None:
+    fields = Settings.model_fields
+    assert str(fields["model_store"].default) == str(Path(service_commands.DEFAULT_STORE))
+    assert fields["host"].default == service_commands.DEFAULT_HOST
+    assert fields["port"].default == service_commands.DEFAULT_PORT
+
+
+def test_help_says_the_store_variable_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERYDEEP_MODEL_STORE", "/srv/models")
+    text = " ".join(subcommand("serve").format_help().split())
+    assert "VERYDEEP_MODEL_STORE (set: '/srv/models'), else ./model_store" in text
+
+
+def test_evaluate_store_defaults_to_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``evaluate`` finds its store as ``serve`` does: --store, else VERYDEEP_MODEL_STORE, else
+    ./model_store."""
+    import service.core.evaluate
+
+    seen: list[Path] = []
+
+    def fake_evaluate(store: ModelStore, *args: object, **kwargs: object) -> list:
+        seen.append(store.root)
+        return []
+
+    monkeypatch.setattr(service.core.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(service.core.evaluate, "format_table", lambda rows: "")
+    for variable in [v for v in os.environ if v.startswith("VERYDEEP_")]:
+        monkeypatch.delenv(variable)
+    argv = ["evaluate", "--model", "m", "--data", str(tmp_path)]
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 0
+    monkeypatch.setenv("VERYDEEP_MODEL_STORE", "/srv/models")
+    assert main(argv) == 0
+    assert main([*argv, "--store", "/elsewhere"]) == 0
+    assert seen == [Path("model_store"), Path("/srv/models"), Path("/elsewhere")]
 
 
 def test_serving_never_imports_torch(tmp_path: Path, service_store: ModelStore) -> None:
