@@ -40,6 +40,10 @@ class Mode:
     load_seconds: float  # per level, at most
     ramp_offsets: tuple[int, ...]  # closed loops (2 requests per client) at onset + offset
     gemm_size: int
+    stream_scales: tuple[str, ...]  # "default" (each model's test scales) or a Q
+    stream_levels: tuple[int, ...]  # closed-loop clients
+    stream_requests: int  # per level, times clients // 2 (at least 1)
+    stream_bare_views: int  # views per bare call of the stream's peer
 
     @property
     def quick(self) -> bool:
@@ -60,6 +64,10 @@ QUICK = Mode(
     load_seconds=45.0,
     ramp_offsets=(),
     gemm_size=2048,
+    stream_scales=("256",),
+    stream_levels=(1, 4),
+    stream_requests=12,
+    stream_bare_views=8,
 )
 FULL = Mode(
     name="full",
@@ -75,6 +83,10 @@ FULL = Mode(
     load_seconds=120.0,
     ramp_offsets=(-2, 2),
     gemm_size=3072,
+    stream_scales=("default", "256", "384", "512"),
+    stream_levels=(1, 2, 4, 8),
+    stream_requests=24,
+    stream_bare_views=32,
 )
 MODES = {"quick": QUICK, "full": FULL}
 

@@ -51,3 +51,27 @@ def jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     photo(width, height, seed).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+STREAM_SIZES: tuple[tuple[int, int], ...] = (
+    (640, 480),  # 0.3 MP, 4:3
+    (480, 640),
+    (800, 800),  # 1:1
+    (1024, 768),
+    (1280, 720),  # 16:9
+    (720, 1280),
+    (1250, 1000),  # 5:4
+    (1000, 1250),
+    (1500, 1000),  # 3:2
+    (1000, 1500),
+    (2000, 1000),  # 2:1
+    (1000, 2000),
+    (2520, 1080),  # 21:9
+    (1080, 2520),
+    (2048, 1536),  # 3.1 MP
+    (3000, 2000),  # 6 MP
+    (2250, 3000),  # 6.75 MP portrait
+    (4000, 3000),  # 12 MP
+)
+"""The photo sizes of the real-traffic stream: aspect ratios 1:1 to 21:9 in both orientations,
+0.3 to 12 megapixels (docs/benchmarks.md, "The photo stream")."""

@@ -1,8 +1,10 @@
 """The load generator, run as its own process: ``python -m bench.loadgen --url URL --body FILE
---concurrency C --requests N --duration S [--burst] [--out FILE]``.
+[--body FILE ...] --concurrency C --requests N --duration S [--burst] [--out FILE]``.
 
 Closed loop: C clients (one keep-alive connection each, asyncio + httpx) each send a request, wait
 for its answer, and send the next, until N requests were sent in all or S seconds passed. With
+several ``--body`` files each request sends one drawn at random (``--seed``: the same draws on
+every run; the record says which). With
 ``--burst`` every client sends exactly one request at the same moment (C requests in all), which
 shows what the server does with more simultaneous requests than it can run or queue. Every
 request's start, latency, status and (for errors) error code and message are written as JSON.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import resource
 import sys
 import time
@@ -25,22 +28,24 @@ async def _client(
     worker: int,
     client: httpx.AsyncClient,
     args: argparse.Namespace,
-    body: bytes,
+    bodies: list[bytes],
     state: dict,
     t0: float,
 ) -> None:
+    draw = random.Random(args.seed * 1000 + worker)
     deadline = t0 + args.duration
     while True:
         if not args.burst and (state["sent"] >= args.requests or time.perf_counter() >= deadline):
             return
         state["sent"] += 1
+        index = draw.randrange(len(bodies))
         start = time.perf_counter()
-        record: dict = {"worker": worker, "start_s": start - t0}
+        record: dict = {"worker": worker, "start_s": start - t0, "body": index}
         try:
             r = await client.post(
                 args.url,
                 params=args.params,
-                content=body,
+                content=bodies[index],
                 headers={"Content-Type": args.content_type},
             )
             record["status"] = r.status_code
@@ -62,7 +67,7 @@ async def _client(
 
 
 async def _main(args: argparse.Namespace) -> dict:
-    body = Path(args.body).read_bytes()
+    bodies = [Path(b).read_bytes() for b in args.body]
     state: dict = {"sent": 0, "records": []}
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
@@ -70,7 +75,7 @@ async def _main(args: argparse.Namespace) -> dict:
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(
-            *(_client(w, client, args, body, state, t0) for w in range(args.concurrency))
+            *(_client(w, client, args, bodies, state, t0) for w in range(args.concurrency))
         )
         wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -87,7 +92,13 @@ async def _main(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n")[0])
     p.add_argument("--url", required=True)
-    p.add_argument("--body", required=True, help="file sent as the request body")
+    p.add_argument(
+        "--body",
+        action="append",
+        required=True,
+        help="file sent as the request body (repeat: each request sends one at random)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the random choice of --body")
     p.add_argument("--content-type", default="image/jpeg")
     p.add_argument("--param", action="append", default=[], help="KEY=VALUE query parameter")
     p.add_argument("--concurrency", type=int, default=1)

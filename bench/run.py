@@ -36,6 +36,7 @@ from bench.suites import (
     multicrop,
     overhead,
     scales,
+    stream,
 )
 
 log = logging.getLogger("bench")
@@ -49,6 +50,7 @@ BENCHMARKS = {
     "decode": decode,
     "batched": batched,
     "scales": scales,
+    "stream": stream,
     "load": load,  # last: it queues the server up to its 503s
 }
 CPU_SUITE = [n for n in BENCHMARKS if n not in ("batched", "scales")]

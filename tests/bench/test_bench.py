@@ -285,3 +285,28 @@ def test_cuda_runs_are_named_after_the_gpu_and_dtype(tmp_path: Path, monkeypatch
     args = bench_run.parse_args(["--device", "cuda", "--fp16"])
     assert args.names == bench_run.CUDA_SUITE and "decode" not in args.names
     assert "batched" not in bench_run.parse_args([]).names
+
+
+def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import images
+    from bench.suites import stream
+
+    sizes = ((1024, 768), (480, 640), (700, 300))
+    monkeypatch.setattr(images, "STREAM_SIZES", sizes)
+    mode = replace(SMOKE, stream_levels=(1, 2), stream_requests=3, stream_bare_views=2)
+    monkeypatch.setattr(tiny_ctx, "mode", mode)
+    figures, details = stream.run(tiny_ctx)
+    assert [f.label.split(",")[0] for f in figures] == ["photo stream"] * 2 + [
+        "photo stream against the bare limit"
+    ]
+    for lvl in details["levels"]:
+        for run in (lvl["mixed"], lvl["single"]):
+            assert run["ok"] == run["requests"] == 3 * max(1, lvl["clients"] // 2)
+            assert run["images_per_s"] > 0 and run["server_cpu_s_per_image"] > 0
+            assert run["network_calls"] >= 1 and run["views_per_call"] >= 1
+    # one size only: its network pixels per image are those of 1024x768 at Q=256 with flip
+    single = details["levels"][0]["single"]
+    assert single["network_mpix_per_image"] == pytest.approx(2 * 341 * 256 / 1e6)
+    assert figures[0].ratio == pytest.approx(
+        details["levels"][0]["mixed"]["network_mpix_per_s"] / single["network_mpix_per_s"]
+    )

@@ -1,0 +1,215 @@
+"""10. The photo stream (docs/benchmarks.md, "The photo stream"): real traffic, photos of 18
+sizes (``images.STREAM_SIZES``: 1:1 to 21:9, both orientations, 0.3 to 12 MP, JPEG) drawn at
+random per request, through the real ``verydeep serve``, by closed-loop clients
+(``bench/loadgen.py``) at several concurrencies, with each model's test scales or a given Q, flip.
+
+Peers in the same run:
+- the same clients sending one photo size only (1024x768): the figure's ratio is the stream's
+  network pixels per second over the single size's, so that it measures what variety costs
+  (new shapes, no shared batches), not that a 21:9 photo has more pixels than a 4:3 one;
+- the bare onnxruntime limit: ``session.run`` on ``bare_views`` views of one shape per call,
+  as network pixels per second, turned into images/s of the stream's own pixel mix.
+
+Also reported per level: p50 and p99 latency, the server's CPU seconds per image, and on CUDA
+its GPU memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import images, machine
+from bench.common import bare_session
+from bench.context import Context
+from bench.models import cache_root
+from bench.report import Figure, Target
+from bench.stats import percentile
+
+NAME = "stream"
+SINGLE = (1024, 768)
+SEED = 7
+
+
+def photos(ctx: Context) -> list[Path]:
+    """The stream's JPEGs, written once into the cache (the 12 MP one takes a few seconds)."""
+    folder = cache_root(ctx.cache_dir) / "stream"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate(images.STREAM_SIZES):
+        path = folder / f"photo-{w}x{h}-q90-seed{i}.jpg"
+        if not path.exists():
+            path.write_bytes(images.jpeg(w, h, seed=i, quality=90))
+        paths.append(path)
+    return paths
+
+
+def network_pixels(size: tuple[int, int], scales: list[int], flip: bool) -> int:
+    """N x H x W the dense protocol runs for a photo of ``size`` at ``scales``."""
+    from model_store.imaging import rescaled_size
+
+    views = 2 if flip else 1
+    return sum(views * np.prod(rescaled_size(*size, q)) for q in scales)
+
+
+def run(ctx: Context) -> tuple[list[Figure], dict]:
+    server = ctx.server()
+    paths = photos(ctx)
+    single = paths[images.STREAM_SIZES.index(SINGLE)]
+    entry = ctx.model_entry()
+    bare = bare_pixels_per_s(ctx, entry)
+    figures, levels = [], []
+    for choice in ctx.mode.stream_scales:
+        scales = list(entry.manifest.test_scales) if choice == "default" else [int(choice)]
+        params = {"model": ctx.model.name, "flip": "true", "method": "dense"}
+        if choice != "default":
+            params["scales"] = choice
+        work = [network_pixels(size, scales, True) for size in images.STREAM_SIZES]
+        for clients in ctx.mode.stream_levels:
+            mixed = level(ctx, server, paths, work, clients, params)
+            alone = level(ctx, server, [single], [work[paths.index(single)]], clients, params)
+            levels.append({"scales": choice, "clients": clients, "mixed": mixed, "single": alone})
+            figures.append(stream_figure(choice, clients, mixed, alone))
+            if clients == max(ctx.mode.stream_levels):
+                figures.append(bare_figure(choice, clients, mixed, bare))
+    details = {
+        "sizes": [list(s) for s in images.STREAM_SIZES],
+        "single_size": list(SINGLE),
+        "model": ctx.model.name,
+        "bare": bare,
+        "levels": levels,
+        "settings": {"batch_window_ms": ctx.settings().batch_window_ms},
+    }
+    return figures, details
+
+
+def level(
+    ctx: Context,
+    server,  # bench.server.Server
+    bodies: list[Path],
+    work: list[int],
+    clients: int,
+    params: dict[str, str],
+) -> dict:
+    """One closed-loop run of ``clients`` over ``bodies``: throughput, latency, CPU per image."""
+    requests = ctx.mode.stream_requests * max(1, clients // 2)
+    cpu_before, calls_before = process_cpu_s(server.pid), network(server, ctx, "calls")
+    views_before = network(server, ctx, "views")
+    raw = loadgen(server.url + "/classify", bodies, clients, requests, params)
+    cpu_s = process_cpu_s(server.pid) - cpu_before
+    calls = network(server, ctx, "calls") - calls_before
+    views = network(server, ctx, "views") - views_before
+    ok = [r for r in raw["records"] if r["status"] == 200]
+    if not ok:
+        raise RuntimeError(f"no request succeeded: {raw['records'][:3]}")
+    span = max(r["start_s"] + r["latency_s"] for r in ok) - min(r["start_s"] for r in ok)
+    latencies = [r["latency_s"] for r in ok]
+    images_per_s = len(ok) / span
+    mean_work = float(np.mean([work[r["body"]] for r in ok]))
+    result = {
+        "requests": len(raw["records"]),
+        "ok": len(ok),
+        "images_per_s": images_per_s,
+        "network_mpix_per_s": images_per_s * mean_work / 1e6,
+        "network_mpix_per_image": mean_work / 1e6,
+        "latency_ms": {
+            "p50": percentile(latencies, 50) * 1e3,
+            "p99": percentile(latencies, 99) * 1e3,
+        },
+        "server_cpu_s_per_image": cpu_s / len(ok),
+        "network_calls": calls,
+        "views_per_call": views / calls if calls else float("nan"),
+    }
+    if ctx.cuda:
+        result["gpu_memory_mib"] = machine.gpu_memory_mib(server.pid)
+    return result
+
+
+def network(server, ctx: Context, what: str) -> float:
+    """``verydeep_network_{calls,views}_total`` of the benchmarked model so far."""
+    return server.metric(f'verydeep_network_{what}_total{{model="{ctx.model.name}"}}')
+
+
+def loadgen(url: str, bodies: list[Path], clients: int, requests: int, params: dict) -> dict:
+    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--seed", str(SEED)]
+    command += ["--concurrency", str(clients), "--requests", str(requests), "--duration", "900"]
+    command += ["--timeout", "600"]
+    for body in bodies:
+        command += ["--body", str(body)]
+    for key, value in params.items():
+        command += ["--param", f"{key}={value}"]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def bare_pixels_per_s(ctx: Context, entry) -> dict:
+    """The bare session's network pixels per second on ``bare_views`` 224 x 224 views a call."""
+    session = bare_session(entry, ctx.settings(), ctx.device)
+    n = ctx.mode.stream_bare_views
+    batch = np.zeros((n, 3, 224, 224), dtype=entry.manifest.onnx.dtype)
+    name = entry.manifest.onnx.input
+    session.run(None, {name: batch})  # warm-up
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        session.run([entry.manifest.onnx.output], {name: batch})
+        times.append(time.perf_counter() - started)
+    seconds = float(np.median(times))
+    del session
+    return {
+        "views_per_call": n,
+        "seconds_per_call": seconds,
+        "mpix_per_s": n * 224 * 224 / seconds / 1e6,
+    }
+
+
+def stream_figure(choice: str, clients: int, mixed: dict, alone: dict) -> Figure:
+    return Figure(
+        benchmark=NAME,
+        label=f"photo stream, 18 sizes, Q={choice}, flip, {clients} client(s)",
+        value=mixed["images_per_s"],
+        unit="images/s",
+        peer_label=f"one size ({SINGLE[0]}x{SINGLE[1]})",
+        peer=alone["images_per_s"],
+        ratio=mixed["network_mpix_per_s"] / alone["network_mpix_per_s"],
+        ratio_label="network pixels/s, stream/single size",
+        target=Target(">=", 0.9),
+        note=(
+            f"p50 {mixed['latency_ms']['p50']:.0f} / p99 {mixed['latency_ms']['p99']:.0f} ms; "
+            f"server CPU {mixed['server_cpu_s_per_image']:.2f} s/image; "
+            f"{mixed['views_per_call']:.2f} views/call"
+        ),
+        details={"mixed": mixed, "single": alone},
+    )
+
+
+def bare_figure(choice: str, clients: int, mixed: dict, bare: dict) -> Figure:
+    limit = bare["mpix_per_s"] / mixed["network_mpix_per_image"]
+    return Figure(
+        benchmark=NAME,
+        label=f"photo stream against the bare limit, Q={choice}, {clients} client(s)",
+        value=mixed["images_per_s"],
+        unit="images/s",
+        peer_label=f"bare session.run of {bare['views_per_call']} views, at the stream's pixel mix",
+        peer=limit,
+        ratio=mixed["images_per_s"] / limit,
+        ratio_label="stream/bare",
+        note="the GPU target is >= 0.5 (docs/benchmarks.md)",
+    )
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads so far."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
