@@ -1,19 +1,33 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per install level: `make serve` needs the serving dependencies only (no torch), every
+# other target the train and dev extras too. Either can come first on a fresh clone; both are
+# redone when pyproject.toml changes.
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP := $(VENV)/.installed-all
 
 .PHONY: install serve test test-slow lint format bench bench-full bench-gpu demo image image-cpu clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	@echo "==> creating $(VENV) with $(PYTHON), then upgrading pip"
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,dev]'
-	touch $(STAMP)
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing the serving dependencies (no torch, about 0.6 GB): pip install -e ."
+	$(BIN)/pip install -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing with the train and dev extras (torch, test tools: 6 GB): pip install -e '.[train,dev]'"
+	$(BIN)/pip install -e '.[train,dev]'
+	touch $@ $(SERVE_STAMP)
 
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
+	@echo "==> serving $${VERYDEEP_MODEL_STORE:-./model_store} (Ctrl+C stops it)"
 	$(BIN)/verydeep serve
 
 test: $(STAMP)

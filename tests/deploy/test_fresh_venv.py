@@ -328,3 +328,49 @@ def test_cuda_extra_provides_what_the_image_checks(wheel: Path, tmp_path: Path) 
     print(f"venv with extras {extras!r}: {size / 2**30:.2f} GiB")
     assert size < 2.6 * 2**30, f"{size / 2**30:.2f} GiB: the image grew; update the stated size"
     shutil.rmtree(venv)
+
+
+def _make_dry_run(checkout: Path, target: str) -> list[str]:
+    """The commands `make -n TARGET` would run in ``checkout``."""
+    return _run(["make", "-n", target], cwd=checkout, timeout=60).stdout.splitlines()
+
+
+def _installs(commands: list[str]) -> list[str]:
+    return [c for c in commands if c.startswith(".venv/bin/pip install") and "--upgrade" not in c]
+
+
+def test_make_serve_installs_serving_only_and_test_adds_the_rest(tmp_path: Path) -> None:
+    """`make serve` installs the serving dependencies only; `make test` the train and dev extras;
+    on a fresh clone either may come first, and neither reinstalls what the other did (a stamp
+    per level). Dry runs (`make -n`) of the Makefile in a bare checkout, the venv faked."""
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copyfile(REPO / name, tmp_path / name)
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+
+    fresh_serve = _make_dry_run(tmp_path, "serve")
+    assert _installs(fresh_serve) == [".venv/bin/pip install -e ."]
+    assert any("-m venv .venv" in c for c in fresh_serve)
+    assert fresh_serve[-1] == ".venv/bin/verydeep serve"
+    assert not [c for c in fresh_serve if "--quiet" in c and "-e ." in c], "say what it does"
+    fresh_test = _make_dry_run(tmp_path, "test")
+    assert _installs(fresh_test) == [".venv/bin/pip install -e '.[train,dev]'"]
+
+    # serve first: test adds the extras, then serve installs nothing more.
+    venv_python.parent.mkdir(parents=True)
+    venv_python.touch()
+    (tmp_path / ".venv" / ".installed-serve").touch()
+    assert _installs(_make_dry_run(tmp_path, "serve")) == []
+    assert _installs(_make_dry_run(tmp_path, "test")) == [".venv/bin/pip install -e '.[train,dev]'"]
+    # test first (its install stamps both levels): serve installs nothing.
+    (tmp_path / ".venv" / ".installed-serve").unlink()
+    (tmp_path / ".venv" / ".installed-all").touch()
+    (tmp_path / ".venv" / ".installed-serve").touch()
+    assert _installs(_make_dry_run(tmp_path, "serve")) == []
+    assert _installs(_make_dry_run(tmp_path, "test")) == []
+    # Each install step is announced before it runs.
+    for commands in (fresh_serve, fresh_test):
+        for i, command in enumerate(commands):
+            if command in _installs(commands):
+                assert commands[i - 1].startswith('echo "==> '), commands[i - 1]
