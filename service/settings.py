@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         "refused with 413 before inference (bounds activation memory on the device)",
     )
 
+    max_map_values: int = Field(
+        1_000_000,
+        gt=0,
+        description="most numbers the score maps of one /classify answer may hold (classes x "
+        "cells, over members and scales; about 10 bytes of JSON each); more is a 422",
+    )
     batch_window_ms: float = Field(
         0.0,
         ge=0,

@@ -13,21 +13,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model_store.imaging import DecodedImage, decode
+import numpy as np
+
+from model_store.imaging import DecodedImage, decode, rescaled_size
 from service.core import protocol
-from service.core.errors import TooLargeForDevice
+from service.core.errors import InvalidParameter, TooLargeForDevice
 from service.core.protocol import Classification, Method, ScoringModel
 from service.settings import Settings
 
 
 @dataclass(frozen=True)
 class ClassifyRequest:
-    """What to compute: the models, the scales asked for (None: each model's own), flip, method."""
+    """What to compute: the models, the scales asked for (None: each model's own), flip, method,
+    and the number of classes whose score maps the answer carries (0: none)."""
 
     members: tuple[ScoringModel, ...]
     scales: list[int] | None
     flip: bool
     method: Method
+    map_classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ def classify_bytes(
         data, settings.image_limits(), max_scale=max(scales) if settings.jpeg_draft else None
     )
     check_batch(decoded.image.size, scales, request.flip, request.method, settings)
+    check_maps(decoded.image.size, request, settings)
     decoded_at = time.perf_counter()
     result = protocol.classify(
         request.members,
@@ -57,6 +62,7 @@ def classify_bytes(
         request.flip,
         request.method,
         cancel=cancel,
+        keep_maps=request.map_classes > 0,
     )
     return Outcome(decoded, result, decoded_at - started, time.perf_counter() - decoded_at)
 
@@ -73,4 +79,29 @@ def check_batch(
             f"at Q={batch.q} the {method} views of this {size[0]}x{size[1]} image need a batch "
             f"of {batch.n} x {batch.height} x {batch.width} = {batch.pixels} pixels; the limit "
             f"(VERYDEEP_MAX_BATCH_PIXELS) is {max_pixels}: ask for smaller scales or flip=false"
+        )
+
+
+def map_size(size: tuple[int, int], q: int) -> tuple[int, int]:
+    """``(height, width)`` of the class score map of an image of ``size`` rescaled to ``q``."""
+    width, height = rescaled_size(*size, q)
+    return height // 32 - 6, width // 32 - 6
+
+
+def check_maps(size: tuple[int, int], request: ClassifyRequest, settings: Settings) -> None:
+    """Refuse, before any network runs, score maps of more than ``max_map_values`` numbers."""
+    if not request.map_classes:
+        return
+    cells = sum(
+        int(np.prod(map_size(size, q)))
+        for m in request.members
+        for q in protocol.model_scales(m, request.scales)
+    )
+    values = cells * request.map_classes
+    if values > settings.max_map_values:
+        raise InvalidParameter(
+            f"maps: the score maps of {request.map_classes} classes over these scales and models "
+            f"hold {values} numbers for this {size[0]}x{size[1]} image; the limit "
+            f"(VERYDEEP_MAX_MAP_VALUES) is {settings.max_map_values}: ask for maps=top, fewer "
+            "scales or smaller ones"
         )

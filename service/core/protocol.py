@@ -53,12 +53,14 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class MemberResult:
-    """One model's share of a classification."""
+    """One model's share of a classification; ``maps``, when asked for, the dense class score
+    map ``(K, h, w)`` of each scale (see ``dense_views``)."""
 
     name: str
     scales: tuple[int, ...]
     views: int
     posterior: np.ndarray
+    maps: dict[int, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,14 +140,26 @@ def crop_offsets(length: int, crop: int = CROP, grid: int = GRID) -> list[int]:
     return [(i * (length - crop)) // (grid - 1) for i in range(grid)]
 
 
+def dense_views(
+    model: ScoringModel, x: np.ndarray, flip: bool, cancel: threading.Event | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors ``(V, K)`` of the whole normalized image ``x (3, H, W)`` and its mirror, and
+    the view's class score map ``(K, H // 32 - 6, W // 32 - 6)``: with ``flip`` the mean of the
+    image's map and the mirror's map mirrored back, so that cell ``(i, j)`` describes the 224
+    window at ``(32 j, 32 i)`` of ``x`` (the mirrored window sits ``W mod 32`` pixels from it)."""
+    batch = np.stack([x, x[:, :, ::-1]]) if flip else x[None]
+    _check(cancel)
+    score_maps = model.scores(np.ascontiguousarray(batch), cancel)
+    posteriors = softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
+    score_map = (score_maps[0] + score_maps[1][:, :, ::-1]) / 2 if flip else score_maps[0]
+    return posteriors, score_map
+
+
 def dense_posteriors(
     model: ScoringModel, x: np.ndarray, flip: bool, cancel: threading.Event | None = None
 ) -> np.ndarray:
     """Posteriors ``(V, K)`` of the whole normalized image ``x (3, H, W)`` and its mirror."""
-    batch = np.stack([x, x[:, :, ::-1]]) if flip else x[None]
-    _check(cancel)
-    score_maps = model.scores(np.ascontiguousarray(batch), cancel)
-    return softmax(score_maps.mean(axis=(2, 3), dtype=np.float64))
+    return dense_views(model, x, flip, cancel)[0]
 
 
 def multicrop_posteriors(
@@ -193,20 +207,26 @@ def model_posterior(
     *,
     cancel: threading.Event | None = None,
     cache: ScaledImages | None = None,
+    keep_maps: bool = False,
 ) -> MemberResult:
     """One model's posterior over ``scales`` of an RGB image, by ``method``. ``cache`` (of this
-    same image) lets several models share the rescaled images."""
+    same image) lets several models share the rescaled images; ``keep_maps`` keeps the dense
+    class score map of each scale (dense and combined only)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if not scales:
         raise ValueError("at least one scale is needed")
     inputs = cache if cache is not None else ScaledImages(image)
+    if keep_maps and method == "multicrop":
+        raise ValueError("score maps come from dense evaluation: method dense or combined")
     dense: list[np.ndarray] = []
     crops: list[np.ndarray] = []
+    maps: dict[int, np.ndarray] = {}
     for q in scales:
         x = inputs.get(q, model.manifest.preprocessing)
         if method in ("dense", "combined"):
-            dense.append(dense_posteriors(model, x, flip, cancel))
+            posteriors, maps[q] = dense_views(model, x, flip, cancel)
+            dense.append(posteriors)
         if method in ("multicrop", "combined"):
             crops.append(multicrop_posteriors(model, x, flip, cancel))
     parts = [np.concatenate(views).mean(axis=0) for views in (dense, crops) if views]
@@ -215,6 +235,7 @@ def model_posterior(
         scales=tuple(scales),
         views=views_per_scale(method, flip) * len(scales),
         posterior=np.mean(parts, axis=0),
+        maps=maps if keep_maps else None,
     )
 
 
@@ -237,6 +258,7 @@ def classify(
     method: Method = "dense",
     *,
     cancel: threading.Event | None = None,
+    keep_maps: bool = False,
 ) -> Classification:
     """Classify an RGB image with one model or an ensemble (the mean of members' posteriors).
 
@@ -258,6 +280,7 @@ def classify(
             method,
             cancel=cancel,
             cache=cache,
+            keep_maps=keep_maps,
         )
         for m in models
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
 
@@ -21,7 +21,8 @@ from service.core.protocol import Method
 from service.settings import Settings
 
 DEFAULT_TOP_K = 5
-QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k")
+QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k", "maps")
+MapChoice = Literal["none", "top", "all"]
 _DIGITS = re.compile(r"[0-9]{1,6}")
 
 
@@ -32,6 +33,11 @@ class ClassifyParams:
     flip: bool
     method: Method
     top_k: int | None
+    maps: MapChoice = "none"
+
+    def map_classes(self, num_classes: int) -> int:
+        """How many classes' score maps the answer carries."""
+        return {"none": 0, "top": self.k(num_classes), "all": num_classes}[self.maps]
 
     def k(self, num_classes: int) -> int:
         """``top_k``, or its default, for a model of ``num_classes`` classes."""
@@ -66,8 +72,19 @@ def classify_params(
     top_k: Annotated[
         int | None, Query(ge=1, description="1..K (default 5, or K when K < 5)")
     ] = None,
+    maps: Annotated[
+        MapChoice,
+        Query(
+            description="add the dense class score maps: top (the classes of predictions) or "
+            "all (every class); method dense or combined only"
+        ),
+    ] = "none",
 ) -> ClassifyParams:
     check_repeated(request)
+    if maps != "none" and method == "multicrop":
+        raise InvalidParameter(
+            "maps: score maps come from dense evaluation; use method=dense or combined"
+        )
     raw_top_k = request.query_params.get("top_k")
     if raw_top_k is not None and not _DIGITS.fullmatch(raw_top_k.strip()):
         raise InvalidParameter(f"top_k: {quoted(raw_top_k)} is not a positive integer")
@@ -77,6 +94,7 @@ def classify_params(
         flip=flip,
         method=method,
         top_k=top_k,
+        maps=maps,
     )
 
 

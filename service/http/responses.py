@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from model_store.imaging import rescaled_size
 from service.core import protocol
 from service.core.classify import Outcome
 from service.core.registry import Resolved
 from service.http.params import ClassifyParams
-from service.http.schemas import ClassifyResponse, ImageSize, Prediction, Timing
+from service.http.schemas import ClassifyResponse, ImageSize, Prediction, ScoreMap, Timing
 
 
 def classify_response(
     resolved: Resolved, params: ClassifyParams, outcome: Outcome, k: int, total_s: float
 ) -> ClassifyResponse:
     result, decoded, labels = outcome.result, outcome.decoded, resolved.labels
+    predictions = [
+        Prediction(index=i, label=labels[i], probability=p)
+        for i, p in protocol.top_k(result.posterior, k)
+    ]
     return ClassifyResponse(
         model=resolved.name,
         members=[m.name for m in result.members],
@@ -20,17 +27,44 @@ def classify_response(
         scales=result.scales,
         flip=params.flip,
         views=result.views,
-        predictions=[
-            Prediction(index=i, label=labels[i], probability=p)
-            for i, p in protocol.top_k(result.posterior, k)
-        ],
+        predictions=predictions,
         image=ImageSize(width=decoded.width, height=decoded.height),
+        maps=score_maps(outcome, predictions, params) if params.maps != "none" else None,
         timing_ms=Timing(
             decode=milliseconds(outcome.decode_s),
             inference=milliseconds(outcome.inference_s),
             total=milliseconds(total_s),
         ),
     )
+
+
+def score_maps(
+    outcome: Outcome, predictions: list[Prediction], params: ClassifyParams
+) -> list[ScoreMap]:
+    """One entry per member and scale; raw scores rounded to 5 decimals (docs/serving.md,
+    "Score maps")."""
+    entries = []
+    for member in outcome.result.members:
+        assert member.maps is not None
+        for q, score_map in member.maps.items():
+            classes = (
+                [p.index for p in predictions] if params.maps == "top" else range(len(score_map))
+            )
+            width, height = rescaled_size(*outcome.decoded.image.size, q)
+            rows = np.round(score_map[list(classes)].reshape(len(classes), -1).astype(float), 5)
+            entries.append(
+                ScoreMap(
+                    model=member.name,
+                    scale=q,
+                    height=score_map.shape[1],
+                    width=score_map.shape[2],
+                    image_width=width,
+                    image_height=height,
+                    classes=list(classes),
+                    scores=rows.tolist(),
+                )
+            )
+    return entries
 
 
 def milliseconds(seconds: float) -> float:

@@ -75,6 +75,7 @@ _UPLOAD_BODY = {
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
+    response_model_exclude_none=True,
     responses=_errors(400, 404, 413, 415, 422, 500, 503, 504),
     openapi_extra=_UPLOAD_BODY,
     summary="Classify an image with the paper's test protocol",
@@ -90,7 +91,13 @@ async def classify_image(
     resolved = service.registry.resolve(params.model)
     log_fields["model"] = resolved.name
     k = params.k(resolved.num_classes)
-    job = ClassifyRequest(resolved.members, params.scales, params.flip, params.method)
+    job = ClassifyRequest(
+        resolved.members,
+        params.scales,
+        params.flip,
+        params.method,
+        params.map_classes(resolved.num_classes),
+    )
     async with gate.admit():
         data = await read_image_bytes(request, service.settings.max_upload_bytes)
         log_fields["bytes"] = len(data)

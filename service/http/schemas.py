@@ -26,6 +26,25 @@ class Timing(BaseModel):
     total: float = Field(description="from the request's arrival to the response, milliseconds")
 
 
+class ScoreMap(BaseModel):
+    """One member's dense class score map at one scale (docs/serving.md, "Score maps")."""
+
+    model: str = Field(description="the member whose map this is")
+    scale: int = Field(description="the test scale Q")
+    height: int = Field(description="rows of the map: floor(image_height / 32) - 6")
+    width: int = Field(description="columns of the map: floor(image_width / 32) - 6")
+    image_width: int = Field(description="width of the image rescaled to Q, pixels")
+    image_height: int = Field(description="height of the image rescaled to Q, pixels")
+    stride: int = Field(32, description="pixels between neighbouring cells")
+    window: int = Field(224, description="side of the square window each cell scores")
+    classes: list[int] = Field(description="the class indices of the rows of scores")
+    scores: list[list[float]] = Field(
+        description="raw class scores (before softmax), one row per class, each row-major "
+        "height x width: cell (i, j) scores the window at (stride * j, stride * i) of the "
+        "rescaled image; with flip the mean of the image's and the mirrored view's maps"
+    )
+
+
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the model, ensemble or comma list that was asked for")
     members: list[str] = Field(description="the models whose posteriors were averaged")
@@ -42,6 +61,11 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction] = Field(description="top_k classes, most probable first")
     image: ImageSize
     timing_ms: Timing
+    maps: list[ScoreMap] | None = Field(
+        None,
+        description="with maps=top or all: the dense class score maps, one per member and "
+        "scale (absent otherwise)",
+    )
 
 
 class ErrorDetail(BaseModel):

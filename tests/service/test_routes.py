@@ -203,7 +203,8 @@ def test_openapi_documents_the_upload_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     op = spec["paths"]["/classify"]["post"]
     assert set(op["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
-    assert {p["name"] for p in op["parameters"]} == {"model", "scales", "flip", "method", "top_k"}
+    names = {p["name"] for p in op["parameters"]}
+    assert names == {"model", "scales", "flip", "method", "top_k", "maps"}
     assert {"200", "400", "404", "413", "415", "422", "503", "504"} <= set(op["responses"])
     assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/ErrorResponse"
