@@ -15,12 +15,12 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	@echo "==> installing the serving dependencies (no torch, about 0.6 GB): pip install -e ."
+	@echo "==> installing the serving dependencies (no torch: 0.5 GB, under a minute): pip install -e ."
 	$(BIN)/pip install -e .
 	touch $@
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	@echo "==> installing with the train and dev extras (torch, test tools: 6 GB): pip install -e '.[train,dev]'"
+	@echo "==> installing with the train and dev extras (torch, test tools: 6 GB, minutes): pip install -e '.[train,dev]'"
 	$(BIN)/pip install -e '.[train,dev]'
 	touch $@ $(SERVE_STAMP)
 
