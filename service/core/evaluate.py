@@ -26,6 +26,7 @@ from model_store import Manifest, ModelStore, StoreError
 from model_store.imaging import ImageError, decode
 from model_store.scales import ScalesError
 from model_store.scales import parse_scales as parse_scales_list
+from service.core import heatmap
 from service.core.engine import Engine, open_engine
 from service.core.errors import ServiceError
 from service.core.protocol import METHODS, Method, ScaledImages, model_posterior
@@ -250,14 +251,19 @@ def evaluate(
     settings: Settings | None = None,
     progress: bool = True,
     on_image: Callable[[Path, dict[tuple[str, Method], np.ndarray]], None] | None = None,
+    maps_dir: str | Path | None = None,
 ) -> list[Row]:
-    """Evaluate ``spec`` (``--model``) on ``data``; one row per (model or ensemble, method)."""
+    """Evaluate ``spec`` (``--model``) on ``data``; one row per (model or ensemble, method).
+    ``maps_dir``: write each image's heatmaps of its true and predicted class per model
+    (``write_heatmaps``)."""
     settings = settings or Settings()
     for method in methods:
         if method not in METHODS:
             raise EvaluationError(f"unknown method {method!r}; use {', '.join(METHODS)} or all")
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be at least 1, not {limit}")
+    if maps_dir is not None and not {"dense", "combined"} & set(methods):
+        raise EvaluationError("--maps draws dense score maps: use --method dense, combined or all")
     run = plan(store, spec, methods=methods, scales=scales, flip=flip, settings=settings)
     first = next(iter(run.engines.values())).manifest
     images = scan_folder(data, first.labels, class_match)
@@ -273,7 +279,10 @@ def evaluate(
             decoded = decode(item.path.read_bytes(), limits, max_scale=draft_q)
         except (OSError, ImageError) as err:
             raise EvaluationError(f"{item.path}: {err}") from None
-        posteriors, seconds = _model_posteriors(run, decoded.image)
+        maps: dict[str, dict[int, np.ndarray]] | None = {} if maps_dir is not None else None
+        posteriors, seconds = _model_posteriors(run, decoded.image, maps)
+        if maps:
+            write_heatmaps(Path(maps_dir), item, decoded.image, maps, posteriors, first.labels)
         for (group, method), row in rows.items():
             members = row.members
             posterior = np.mean([posteriors[(m, method)] for m in members], axis=0)
@@ -305,10 +314,11 @@ Scores = dict[tuple[str, Method], np.ndarray]
 
 
 def _model_posteriors(
-    run: Plan, image: Image.Image
+    run: Plan, image: Image.Image, maps: dict[str, dict[int, np.ndarray]] | None = None
 ) -> tuple[Scores, dict[tuple[str, Method], float]]:
     """Each model's posterior of ``image`` by each method of the run, and the seconds it took;
-    ``combined`` is the mean of the dense and multi-crop posteriors, computed once each."""
+    ``combined`` is the mean of the dense and multi-crop posteriors, computed once each. With
+    ``maps``, each model's dense score maps are put in it (by model name)."""
     computed = sorted(
         {p for m in run.methods for p in (("dense", "multicrop") if m == "combined" else (m,))},
         key=METHODS.index,
@@ -319,14 +329,45 @@ def _model_posteriors(
     for name, engine in run.engines.items():
         for method in computed:
             start = time.perf_counter()
-            result = model_posterior(engine, image, run.scales[name], run.flip, method, cache=cache)
+            keep = maps is not None and method == "dense"
+            result = model_posterior(
+                engine, image, run.scales[name], run.flip, method, cache=cache, keep_maps=keep
+            )
             seconds[(name, method)] = time.perf_counter() - start
             posteriors[(name, method)] = result.posterior
+            if keep and result.maps is not None:
+                maps[name] = result.maps
         if "combined" in run.methods:
             parts = [(name, "dense"), (name, "multicrop")]
             posteriors[(name, "combined")] = np.mean([posteriors[p] for p in parts], axis=0)
             seconds[(name, "combined")] = sum(seconds[p] for p in parts)
     return posteriors, seconds
+
+
+def write_heatmaps(
+    out: Path,
+    item: LabelledImage,
+    image: Image.Image,
+    maps: dict[str, dict[int, np.ndarray]],
+    posteriors: Scores,
+    labels: Sequence[str],
+) -> None:
+    """``out/<model>/<true label>/<image stem>.png``: the image with the heat of its true class
+    beside that of the model's top-1 (dense, over the run's scales), for looking at failures."""
+    size = heatmap.preview_size(image.size)
+    for name, model_maps in maps.items():
+        top1 = int(np.argmax(posteriors[(name, "dense")]))
+        panels = [
+            heatmap.overlay(
+                image,
+                heatmap.class_heat(model_maps, cls, image.size, size),
+                f"{what}: {labels[cls]} {posteriors[(name, 'dense')][cls]:.2f}",
+            )
+            for what, cls in (("true", item.label), ("top-1", top1))
+        ]
+        path = out / name / labels[item.label] / f"{item.path.stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        heatmap.side_by_side(panels).save(path)
 
 
 def format_table(rows: Sequence[Row]) -> str:
