@@ -267,6 +267,12 @@ def test_serve_as_the_image_runs_it(server: tuple) -> None:
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
 
+        # The documentation pages' assets come with the serving install (no CDN).
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200 and "https://" not in html.text, page
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+
     # `docker stop` and Kubernetes send SIGTERM: the server must shut down by itself, well
     # within the grace period (Compose stop_grace_period and Kubernetes: 30 s). uvicorn ends a
     # graceful shutdown by re-raising the signal, hence -SIGTERM (143 in a container) or 0.
