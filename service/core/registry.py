@@ -160,9 +160,7 @@ class Registry:
             # A shutdown, not a failure (the server may never have started: a taken port).
             self._problem = "loading stopped: the service is shutting down"
             self._state = "failed"
-            log.info(
-                "loading stopped: the service is shutting down (%d loaded)", len(self._models)
-            )
+            log.info("loading stopped: the service is shutting down (%d loaded)", len(self._models))
             return
         except StoreError as err:
             self._finish("failed", str(err))
