@@ -115,7 +115,7 @@ def decode(
         raise _bomb(err, limits) from None
     except UnidentifiedImageError:
         raise UndecodableImage(
-            f"not a decodable image (supported formats: {', '.join(formats)})"
+            f"not a decodable image (supported formats: {', '.join(format_names())})"
         ) from None
     except Exception as err:
         raise UndecodableImage(f"cannot decode the image: {err}") from None
@@ -178,9 +178,16 @@ def _bomb(err: Image.DecompressionBombError, limits: ImageLimits) -> ImageTooLar
 
 @functools.cache
 def supported_formats() -> tuple[str, ...]:
-    """The formats of ``FORMATS`` that this Pillow build can open."""
+    """The formats of ``FORMATS`` that this Pillow build can open, as Pillow's openers are
+    named (MPO, a JPEG with more frames as cameras write it, is read by the JPEG opener)."""
     Image.init()
     return tuple(f for f in FORMATS if f in Image.OPEN)
+
+
+def format_names() -> tuple[str, ...]:
+    """The formats ``decode`` reads, as an error message lists them (MPO included)."""
+    openers = supported_formats()
+    return tuple(f for f in FORMATS if f in openers or (f == "MPO" and "JPEG" in openers))
 
 
 def check_shape(width: int, height: int, limits: ImageLimits) -> None:

@@ -118,6 +118,12 @@ def register(commands: Any) -> None:
         help="also write the results to this JSON file (default: the table only)",
     )
     p.add_argument(
+        "--maps",
+        metavar="DIR",
+        help="also draw each image's dense score maps into DIR/<model>/<class>/<image>.png: "
+        "the heat of its true class beside its top-1's (default: none)",
+    )
+    p.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -248,6 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             class_match=args.class_match,
             settings=settings,
             progress=args.progress,
+            maps_dir=args.maps,
         )
     except EvaluationError as err:
         print(f"verydeep evaluate: error: {err}", file=sys.stderr)
@@ -256,4 +263,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(rows, args.json)
         print(f"wrote {args.json}")
+    if args.maps:
+        print(f"score maps drawn in {args.maps}")
     return 0

@@ -353,17 +353,20 @@ def write_heatmaps(
     labels: Sequence[str],
 ) -> None:
     """``out/<model>/<true label>/<image stem>.png``: the image with the heat of its true class
-    beside that of the model's top-1 (dense, over the run's scales), for looking at failures."""
+    beside that of the model's top-1 (dense, over the run's scales), for looking at failures;
+    when the top-1 is right, beside the runner-up's, for looking at confusions."""
     size = heatmap.preview_size(image.size)
     for name, model_maps in maps.items():
-        top1 = int(np.argmax(posteriors[(name, "dense")]))
+        posterior = posteriors[(name, "dense")]
+        first, second = (int(i) for i in np.argsort(-posterior, kind="stable")[:2])
+        other = ("top-1", first) if first != item.label else ("2nd", second)
         panels = [
             heatmap.overlay(
                 image,
                 heatmap.class_heat(model_maps, cls, image.size, size),
-                f"{what}: {labels[cls]} {posteriors[(name, 'dense')][cls]:.2f}",
+                f"{what}: {labels[cls]} {posterior[cls]:.2f}",
             )
-            for what, cls in (("true", item.label), ("top-1", top1))
+            for what, cls in (("true", item.label), other)
         ]
         path = out / name / labels[item.label] / f"{item.path.stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -225,3 +225,12 @@ def test_a_limit_above_pillows_own_is_the_one_that_decides() -> None:
         decode(header_only, ImageLimits(max_pixels=150_000_000))
     with pytest.raises(UndecodableImage):  # allowed, then found to be corrupt
         decode(header_only, ImageLimits(max_pixels=250_000_000, max_aspect_ratio=10))
+
+
+def test_the_error_lists_mpo_among_the_formats() -> None:
+    """Pillow reads MPO (camera JPEGs with several frames) through its JPEG opener."""
+    from model_store.imaging import format_names
+
+    assert "MPO" in format_names() and "JPEG" in format_names()
+    with pytest.raises(UndecodableImage, match="MPO"):
+        decode(b"not an image at all")

@@ -13,6 +13,7 @@ from model_store import ModelStore
 from service.core import heatmap
 from service.core.evaluate import EvaluationError, evaluate
 from tests.service.helpers import settings_for
+from verydeep.cli import main
 
 
 def test_a_cell_covers_its_window_scaled_back_to_the_image() -> None:
@@ -56,5 +57,8 @@ def test_evaluate_writes_the_true_and_top1_heat_of_every_image(
     assert written == [f"{m}/{labels[k]}/a.png" for m in ("tiny-d", "tiny-e") for k in (0, 1)]
     picture = Image.open(out / written[0])
     assert picture.width > 2 * heatmap.PREVIEW_SIDE and picture.height > 200
+    args = ["evaluate", "--store", str(service_store.root), "--model", "tiny-d", "--data"]
+    assert main([*args, str(data), "--maps", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "cli" / "tiny-d").rglob("*.png"))) == 2
     with pytest.raises(EvaluationError, match="--maps draws dense score maps"):
         evaluate(service_store, "tiny-d", data, methods=["multicrop"], maps_dir=out)
