@@ -20,6 +20,7 @@ from service.http.connections import CloseUnreadBodies
 from service.http.docs_assets import install_docs
 from service.http.handlers import install_error_handlers
 from service.http.metrics import Metrics
+from service.http.page import install_page
 from service.http.routes import ServiceState, router
 from service.http.security import install_security
 from service.settings import Settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(router)
     install_docs(app)
+    install_page(app)
     return app
 
 

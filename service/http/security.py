@@ -1,10 +1,12 @@
 """Who may call the service: an optional API key, and CORS (closed unless origins are configured).
 
 With ``VERYDEEP_API_KEY`` set, every request but ``/healthz`` and ``/readyz`` (probes carry no
-secrets) must send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; /docs, /openapi.json,
-/metrics and unknown paths included, so that nothing about the service shows without the key. The
-key is compared in constant time (``hmac.compare_digest``); when both headers are sent, both must
-hold the key. Anything else gets 401 with the JSON error shape and ``WWW-Authenticate: Bearer``.
+secrets) and the web page (``/`` and its assets under ``/static/``: it holds no secret and asks
+for the key, docs/serving.md, "The web page") must send ``Authorization: Bearer <key>`` or
+``X-API-Key: <key>``; /docs, /openapi.json, /metrics and unknown paths included, so that nothing
+about the service shows without the key. The key is compared in constant time
+(``hmac.compare_digest``); when both headers are sent, both must hold the key. Anything else gets
+401 with the JSON error shape and ``WWW-Authenticate: Bearer``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.http.handlers import error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-"""Paths that never need the key: liveness and readiness probes."""
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+"""Paths that never need the key: liveness and readiness probes, and the web page."""
+OPEN_PREFIX = "/static/"
+"""The web page's script and style sheet: open too, but no path with a ``..`` segment."""
 
 API_KEY_HEADER = "X-API-Key"
 UNAUTHORIZED_CODE = "unauthorized"
@@ -37,7 +41,7 @@ class ApiKeyMiddleware:
         self._key = api_key.encode("utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.authorized(scope):
+        if scope["type"] != "http" or is_open(scope["path"]) or self.authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(
@@ -62,6 +66,13 @@ class ApiKeyMiddleware:
         # and each is compared in full, so the time taken tells nothing about the key.
         matches = [hmac.compare_digest(token, self._key) for token in offered]
         return bool(matches) and all(matches)
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` needs no key: a probe, the page, or one of its assets."""
+    if path in OPEN_PATHS:
+        return True
+    return path.startswith(OPEN_PREFIX) and ".." not in path.split("/")
 
 
 def install_security(app: FastAPI, api_key: str | None, cors_origins: list[str]) -> None:
