@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed-all
 
-.PHONY: install serve test test-slow lint format bench bench-full bench-gpu demo image image-cpu clean
+.PHONY: install serve browser test test-slow lint format bench bench-full bench-gpu demo image image-cpu clean
 
 $(BIN)/python:
 	@echo "==> creating $(VENV) with $(PYTHON), then upgrading pip"
@@ -30,7 +30,21 @@ serve: $(SERVE_STAMP)
 	@echo "==> serving $${VERYDEEP_MODEL_STORE:-./model_store} (Ctrl+C stops it)"
 	$(BIN)/verydeep serve
 
-test: $(STAMP)
+# The browser test of the web page (tests/browser) drives Debian's chromium; Playwright's own
+# browser download is not used. Installed when missing and root, otherwise the test is skipped.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "==> $(CHROMIUM) is there for tests/browser"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> installing Debian's chromium for tests/browser (a minute): apt-get install -y chromium"; \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
+			|| echo "==> chromium could not be installed: tests/browser will be skipped"; \
+	else \
+		echo "==> no $(CHROMIUM): tests/browser will be skipped; install it with: sudo apt-get install -y chromium"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/pytest
 
 test-slow: $(STAMP)
