@@ -43,6 +43,25 @@ def load(page: Page, server: Server) -> None:
     expect(page.locator("#status")).to_have_text("Choose, drop or paste an image.")
 
 
+DISPATCH = """([encoded, how]) => {
+  const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], "star.jpg", {type: "image/jpeg"}));
+  if (how === "paste") {
+    document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true}));
+    return;
+  }
+  const zone = document.getElementById("drop");
+  zone.dispatchEvent(new DragEvent("dragenter", {dataTransfer: transfer, bubbles: true}));
+  zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+}"""
+
+
+def dispatch_file(page: Page, path: Path, how: str) -> None:
+    """The events of a file dropped on the drop zone (``drop``) or pasted (``paste``)."""
+    page.evaluate(DISPATCH, [base64.b64encode(path.read_bytes()).decode(), how])
+
+
 def api_error(server: Server, data: bytes, name: str, **params: str) -> dict:
     """The API's own answer to the upload the page is about to send."""
     response = httpx.post(
@@ -141,7 +160,7 @@ def test_the_apis_error_messages_are_shown_as_they_are(
     assert painted(page)["painted"] == 0
 
 
-def test_multicrop_shows_the_predictions_without_a_map(
+def test_a_pasted_image_with_multicrop_gets_predictions_without_a_map(
     page: Page, server: Server, star: Path
 ) -> None:
     load(page, server)
@@ -150,7 +169,7 @@ def test_multicrop_shows_the_predictions_without_a_map(
     page.select_option("#method", "multicrop")
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "classify" in r.url else None)
-    page.set_input_files("#file", str(star))
+    dispatch_file(page, star, "paste")
     expect(page.locator("#prediction-list .name")).to_have_count(5)
     expect(page.locator("#summary")).to_contain_text("multicrop, with flip")
     expect(page.locator("#no-map")).to_have_text(
@@ -166,18 +185,7 @@ def test_a_dropped_image_on_a_phone_screen(phone: Page, server: Server, star: Pa
     load(phone, server)
     # Nothing wider than the screen: one column.
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
-    encoded = base64.b64encode(star.read_bytes()).decode()
-    phone.evaluate(
-        """(encoded) => {
-          const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
-          const transfer = new DataTransfer();
-          transfer.items.add(new File([bytes], "star.jpg", {type: "image/jpeg"}));
-          const zone = document.getElementById("drop");
-          zone.dispatchEvent(new DragEvent("dragenter", {dataTransfer: transfer, bubbles: true}));
-          zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
-        }""",
-        encoded,
-    )
+    dispatch_file(phone, star, "drop")
     expect(phone.locator("#prediction-list .name").first).to_have_text("star")
     picture = phone.locator("#preview").bounding_box()
     assert picture and picture["width"] <= 390
