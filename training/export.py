@@ -21,7 +21,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from tqdm import tqdm
 
 from model_store import (
     SCHEMA_VERSION,
@@ -72,7 +71,6 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
-    progress: bool = False,
 ) -> list[SizeCheck]:
     """Export ``fcn`` to ``path`` with weights, input and output in ``dtype`` ("float32" or
     "float16") and verify it against the float32 net; raises ExportError when a check fails."""
@@ -80,6 +78,7 @@ def export_onnx(
         raise ExportError(f"unknown export dtype {dtype!r}; use float32 or float16")
     fcn = fcn.eval()
     path = Path(path)
+    log.info("exporting to ONNX (opset %d, %s)", opset, dtype)
     graph = copy.deepcopy(fcn).to(DTYPES[dtype])
     example = torch.zeros(1, 3, 224, 224, dtype=DTYPES[dtype])
     with warnings.catch_warnings():
@@ -101,7 +100,7 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"ONNX checker rejected the exported graph: {err}") from None
-    return verify_onnx(fcn, path, verify_sizes, dtype=dtype, progress=progress)
+    return verify_onnx(fcn, path, verify_sizes, dtype=dtype)
 
 
 def verify_onnx(
@@ -110,13 +109,13 @@ def verify_onnx(
     sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     *,
     dtype: str = "float32",
-    progress: bool = False,
 ) -> list[SizeCheck]:
-    """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size."""
+    """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size; a
+    log line per size is the progress (no bar to interleave with the log)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     checks = []
-    for batch, height, width in tqdm(sizes, desc="verify export", disable=not progress):
+    for i, (batch, height, width) in enumerate(sizes, 1):
         x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             expected = fcn(x).numpy()
@@ -136,7 +135,10 @@ def verify_onnx(
                 f"max |diff| {diff:.3g} > tolerance {tolerance:.3g}"
             )
         checks.append(SizeCheck(batch, height, width, diff, tolerance))
-        log.info("verified %dx3x%dx%d: max |diff| %.3g", batch, height, width, diff)
+        log.info(
+            "verified %dx3x%dx%d (%d of %d): max |diff| %.3g", batch, height, width, i, len(sizes),
+            diff,
+        )  # fmt: skip
     return checks
 
 
@@ -156,7 +158,6 @@ def export_to_store(
     opset: int = DEFAULT_OPSET,
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
-    progress: bool = False,
 ) -> StoreEntry:
     """Convert ``model`` to fully-convolutional form, export, verify and write a store entry."""
     if len(labels) != model.num_classes:
@@ -167,9 +168,7 @@ def export_to_store(
     fcn = to_fully_convolutional(model.eval())
     with tempfile.TemporaryDirectory(prefix="verydeep-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(
-            fcn, onnx_path, opset=opset, dtype=dtype, verify_sizes=verify_sizes, progress=progress
-        )
+        export_onnx(fcn, onnx_path, opset=opset, dtype=dtype, verify_sizes=verify_sizes)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             name=name,

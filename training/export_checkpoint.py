@@ -33,5 +33,4 @@ def export_checkpoint(
         metrics=dict(checkpoint.training.get("metrics", {})),
         overwrite=overwrite,
         dtype=dtype,
-        progress=True,
     )

@@ -155,3 +155,41 @@ def test_cli_reports_errors_without_traceback(
     err = capsys.readouterr().err
     assert "missing key 'features.0.bias'" in err and "Traceback" not in err
     assert not (tmp_path / "s" / "v").exists()
+
+
+def test_a_file_of_random_bytes_is_not_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")  # torch.load raises a bare KeyError: 101
+    for path in (noise, text):
+        with pytest.raises(WeightsError, match=r"is not a PyTorch checkpoint"):
+            load_weights_file(path)
+    code = main(["import-torchvision", "vgg11", "--weights", str(text), "--store",
+                 str(tmp_path / "s"), "--name", "v"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"{text} is not a PyTorch checkpoint" in err
+    assert "Traceback" not in err and "101" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"weight": torch.zeros(2), "bias": torch.zeros(1)},
+         r"is not a torchvision VGG state dict: it has none of the keys 'features.0.weight', "
+         r"'features.0.bias', ... \(22 in all\) and holds 'weight', 'bias'"),
+        ({"epoch": 3, "model": {"w": torch.zeros(1)}},
+         r"does not hold a state dict of tensors: 'epoch' is an int"),
+        ([torch.zeros(1)], r"holds a list, not a state dict of tensors"),
+        ({"format": "verydeep-checkpoint"}, r"a checkpoint of `verydeep train`.*verydeep export"),
+    ],
+)  # fmt: skip
+def test_a_torch_file_that_is_no_vgg_state_dict_says_what_it_is(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    path = tmp_path / "w.pth"
+    torch.save(content, path)
+    with pytest.raises(WeightsError, match=message):
+        build_torchvision_model("vgg11", load_weights_file(path), str(path))
