@@ -55,9 +55,9 @@ stage() { # stage NAME COMMAND...: run, log, time
     echo "   done in $((SECONDS - t0)) s"
 }
 
-stage data-train "$VERYDEEP" make-shapes "$WORK/data/train" --per-class "$TRAIN_PER_CLASS" --seed $TRAIN_SEED
-stage data-val "$VERYDEEP" make-shapes "$WORK/data/val" --per-class "$VAL_PER_CLASS" --seed $VAL_SEED
-stage data-test "$VERYDEEP" make-shapes "$WORK/data/test" --per-class "$TEST_PER_CLASS" --seed $TEST_SEED
+stage data-train "$VERYDEEP" make-shapes "$WORK/data/train" --per-class "$TRAIN_PER_CLASS" --seed $TRAIN_SEED --force
+stage data-val "$VERYDEEP" make-shapes "$WORK/data/val" --per-class "$VAL_PER_CLASS" --seed $VAL_SEED --force
+stage data-test "$VERYDEEP" make-shapes "$WORK/data/test" --per-class "$TEST_PER_CLASS" --seed $TEST_SEED --force
 
 rm -rf "$WORK/a" "$WORK/d" "$WORK/e"
 stage train-a "$VERYDEEP" train --config A --init glorot --lr 0.02 --epochs "$A_EPOCHS" \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -12,7 +13,15 @@ from typing import Any
 from model_store import CONFIGS, StoreError
 from model_store.scales import ScalesError, parse_scales
 from training.errors import TrainError
-from training.options import FINE_TUNE_LR, PAPER_LR, RESUME_OVERRIDES, TrainOptions
+from training.options import (
+    FINE_TUNE_LR,
+    PAPER_LR,
+    RESUME_OVERRIDES,
+    SMALL_NET_RECIPE,
+    TrainOptions,
+    as_flags,
+    flag_value,
+)
 from training.torchvision_names import TORCHVISION_ARCHS
 
 DEFAULTS = TrainOptions()  # each flag of `verydeep train` takes its default from here
@@ -21,21 +30,51 @@ DEFAULTS = TrainOptions()  # each flag of `verydeep train` takes its default fro
 # raise; past 4096 a value is a slip (25600 for 256) rather than a scale: a single view would be
 # a float32 input of over 200 MB.
 MAX_EXPORT_SCALE = 4096
+# As the service's VERYDEEP_MODEL_STORE setting (docs/serving.md, "Settings").
+STORE_ENV, STORE_DEFAULT = "VERYDEEP_MODEL_STORE", "./model_store"
+SMALL_NET = f'{as_flags(SMALL_NET_RECIPE)} (the small-net recipe, docs/training.md "A first run")'
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default after its help, unless the help says it already or the option
+    is a switch, or has no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or action.nargs == 0
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def register(commands: Any) -> None:
     """Add the training wing's subcommands to the ``verydeep`` parser."""
     p = commands.add_parser(
-        "export", help="export a training checkpoint to a fully-convolutional ONNX store entry"
+        "export",
+        help="export a training checkpoint to a fully-convolutional ONNX store entry",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint written by `verydeep train`")
     _store_args(p)
     p.set_defaults(handler=_export)
+    _register_import(commands)
+    _register_train(commands)
+    _register_make_shapes(commands)
 
+
+def _register_import(commands: Any) -> None:
     p = commands.add_parser(
-        "import-torchvision", help="import torchvision VGG weights into the model store"
+        "import-torchvision",
+        help="import torchvision VGG weights into the model store",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("arch", choices=tuple(TORCHVISION_ARCHS))
+    p.add_argument(
+        "arch", choices=tuple(TORCHVISION_ARCHS), help="vgg11, vgg13, vgg16 or vgg19 (A, B, D, E)"
+    )
     p.add_argument(
         "--weights",
         help="a torchvision state-dict file (.pth); without it the official file is downloaded",
@@ -43,8 +82,11 @@ def register(commands: Any) -> None:
     _store_args(p)
     p.set_defaults(handler=_import_torchvision)
 
+
+def _register_train(commands: Any) -> None:
     p = commands.add_parser(
         "train",
+        formatter_class=HelpFormatter,
         help="train a VGG configuration with the paper's protocol (torchrun for several GPUs)",
         description="Train a VGG configuration with the paper's protocol (VGG §3.1): SGD, "
         "momentum 0.9, weight decay 5e-4, batch 256, dropout 0.5, lr 1e-2 divided by 10 when "
@@ -55,13 +97,22 @@ def register(commands: Any) -> None:
     _train_args(p)
     p.set_defaults(handler=_train)
 
+
+def _register_make_shapes(commands: Any) -> None:
     p = commands.add_parser(
-        "make-shapes", help="write a labelled `shapes` image folder (ImageFolder layout)"
+        "make-shapes",
+        help="write a labelled `shapes` image folder (ImageFolder layout)",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", help="output folder (created; DIR/<class>/*.jpg)")
     p.add_argument("--per-class", type=_positive_int, default=500, help="images per class")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the shapes folder DIR holds (a folder that is not one is never deleted)",
+    )
     p.set_defaults(handler=_make_shapes)
 
 
@@ -74,12 +125,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _model_args(g: Any) -> None:
     _option(g, "--config", choices=CONFIGS, help="Table 1 configuration")
-    _option(g, "--width", type=float, help="conv width multiplier (default %(default)g)")
-    _option(g, "--fc-width", type=_positive_int, help="fc6/fc7 width")
     _option(
-        g, "--init", choices=("normal", "glorot", "kaiming"),
-        help="random init: the paper's N(0, 1e-2) (default), Glorot & Bengio, or He et al.; "
-        "with --init-from-a, of the layers not copied from A",
+        g, "--width", type=float,
+        help=f"conv width multiplier; below 1 the options not given take {SMALL_NET}",
+    )  # fmt: skip
+    _option(g, "--fc-width", type=_positive_int, help="fc6/fc7 width (the paper's 4096)")
+    _option(
+        g, "--init", choices=("normal", "glorot", "kaiming"), small_net=True,
+        help="random init: the paper's N(0, 1e-2), Glorot & Bengio, or He et al.; with "
+        "--init-from-a, of the layers not copied from A",
     )  # fmt: skip
     _option(
         g, "--init-from", metavar="CKPT",
@@ -107,66 +161,78 @@ def _data_args(g: Any) -> None:
         help="validation image folder (default: hold out --val-fraction of --data; for "
         "--dataset shapes a generated set with seed + 1)",
     )  # fmt: skip
-    _option(g, "--val-fraction", type=float, help="held-out share (%(default)s)")
-    _option(g, "--shapes-per-class", type=_positive_int)
-    _option(g, "--shapes-val-per-class", type=_positive_int)
-    _option(g, "--shapes-seed", type=int)
-    _option(g, "--data-cache", metavar="DIR", help="where shapes are generated (~/.cache/verydeep)")
+    _option(g, "--val-fraction", type=float, help="share of --data held out without --val-data")
+    _option(
+        g, "--shapes-per-class", type=_positive_int,
+        help="--dataset shapes: training images per class",
+    )  # fmt: skip
+    _option(
+        g, "--shapes-val-per-class", type=_positive_int,
+        help="--dataset shapes: validation images per class",
+    )  # fmt: skip
+    _option(
+        g, "--shapes-seed", type=int,
+        help="--dataset shapes: seed of the training images (validation: seed + 1)",
+    )  # fmt: skip
+    _option(
+        g, "--data-cache", metavar="DIR",
+        help="where shapes are generated (default: ~/.cache/verydeep)",
+    )  # fmt: skip
     # Either --scale or both of --scale-min and --scale-max (checked in _train_options).
     g.add_argument(
         "--scale", type=_train_scale, metavar="S",
-        help=f"fixed training scale S (default {DEFAULTS.scale_min})",
+        help=f"fixed training scale S (default: {DEFAULTS.scale_min})",
     )  # fmt: skip
     g.add_argument("--scale-min", type=_train_scale, metavar="S_MIN", help="jittered S: minimum")
     g.add_argument("--scale-max", type=_train_scale, metavar="S_MAX", help="jittered S: maximum")
     _option(
         g, "--color-shift", type=float,
-        help="std of the PCA colour shift coefficients (%(default)s; 0 turns it off)",
+        help="std of the PCA colour shift coefficients (0 turns it off)",
     )  # fmt: skip
     _option(
-        g, "--input-std", metavar="STD",
-        help="divide the mean-subtracted pixels by STD: %(default)s (the paper's default) or "
-        "'data' (the training set's per-channel std; recorded in the manifest's preprocessing)",
+        g, "--input-std", metavar="STD", small_net=True,
+        help="divide the mean-subtracted pixels by STD: 1 (the paper's) or 'data' (the training "
+        "set's per-channel std; recorded in the manifest's preprocessing)",
     )  # fmt: skip
     _option(
         g, "--workers", type=int, resume_override=True,
-        help="data-loading processes per process (%(default)s)",
+        help="data-loading processes per process",
     )  # fmt: skip
 
 
 def _optimisation_args(g: Any) -> None:
     _option(
         g, "--epochs", type=_positive_int, resume_override=True,
-        help="at most this many epochs (%(default)s)",
+        help="at most this many epochs",
     )  # fmt: skip
     _option(
         g, "--lr", type=float,
-        help=f"initial learning rate ({_power_of_ten(PAPER_LR)}; {_power_of_ten(FINE_TUNE_LR)} "
-        "with --init-from)",
+        help=f"initial learning rate (default: {_power_of_ten(PAPER_LR)}; "
+        f"{_power_of_ten(FINE_TUNE_LR)} with --init-from)",
     )  # fmt: skip
-    _option(g, "--momentum", type=float)
-    _option(g, "--weight-decay", type=float)
+    _option(g, "--momentum", type=float, help="SGD momentum")
+    _option(g, "--weight-decay", type=float, help="L2 penalty on the weights")
     _option(
         g, "--batch-size", type=_positive_int,
-        help="effective batch over all processes (%(default)s)",
+        help="effective batch over all processes",
     )  # fmt: skip
     _option(
         g, "--micro-batch", type=_positive_int,
         help="images per forward pass; gradients accumulate to --batch-size (default: all)",
     )  # fmt: skip
-    _option(g, "--dropout", type=float, help="fc6/fc7 dropout (%(default)s)")
+    _option(g, "--dropout", type=float, small_net=True, help="fc6/fc7 dropout")
     _option(
         g, "--patience", type=int,
         help="epochs without a better validation accuracy that are tolerated: lr / 10 after "
-        "one more (%(default)s, as torch's ReduceLROnPlateau counts)",
+        "one more (as torch's ReduceLROnPlateau counts)",
     )  # fmt: skip
     _option(
         g, "--warmup-epochs", type=float,
         help="linear lr warm-up (not in the paper; helps narrow nets from scratch)",
     )  # fmt: skip
     _option(
-        g, "--clip-grad-norm", type=float, metavar="NORM",
-        help="clip the batch gradient's norm (not in the paper; off by default)",
+        g, "--clip-grad-norm", type=float, metavar="NORM", small_net=True,
+        help="clip the batch gradient's norm (not in the paper; 0 turns it off)",
     )  # fmt: skip
     _option(
         g, "--max-steps", type=_positive_int, resume_override=True,
@@ -186,8 +252,8 @@ def _run_args(g: Any) -> None:
         help="continue a run from OUT/last.pt (or CKPT) with its saved options; --epochs, "
         "--max-steps, --workers, --device and --amp may be changed",
     )  # fmt: skip
-    _option(g, "--seed", type=int)
-    _option(g, "--device", resume_override=True, help="%(default)s (default), cpu, cuda or cuda:N")
+    _option(g, "--seed", type=int, help="seed of the weights, the sample order and augmentation")
+    _option(g, "--device", resume_override=True, help="auto (default), cpu, cuda or cuda:N")
     _option(g, "--no-progress", dest="progress", action="store_false", help="no progress bar")
     _option(
         g, "--no-tensorboard", dest="tensorboard", action="store_false",
@@ -196,19 +262,33 @@ def _run_args(g: Any) -> None:
 
 
 def _option(
-    group: Any, flag: str, *, resume_override: bool = False, help: str | None = None, **kw: Any
+    group: Any,
+    flag: str,
+    *,
+    resume_override: bool = False,
+    small_net: bool = False,
+    help: str | None = None,
+    **kw: Any,
 ) -> None:
     """``flag`` for the ``TrainOptions`` field of the same name (or ``dest``), with that field's
-    default. With ``resume_override`` the parsed default is None instead, so that a resumed run
-    can tell a value given, which replaces the checkpoint's, from one not given."""
+    default. With ``resume_override`` or ``small_net`` the parsed default is None instead, so
+    that the command can tell a value given from one not given: a resumed run takes only the
+    given ones, and below --width 1 the small-net recipe fills in the others."""
     dest = kw.setdefault("dest", flag.removeprefix("--").replace("-", "_"))
-    default = getattr(DEFAULTS, dest)
-    if resume_override:
+    if resume_override or small_net:
         kw["default"] = None
-        help = help and help.replace("%(default)s", str(default))
+        help = _unset_help(help or "", getattr(DEFAULTS, dest), dest if small_net else None)
     else:
-        kw["default"] = default
+        kw["default"] = getattr(DEFAULTS, dest)
     group.add_argument(flag, help=help, **kw)
+
+
+def _unset_help(text: str, default: Any, recipe_key: str | None) -> str:
+    """The help of an option parsed as None, with the default it stands for."""
+    if "default" in text or (default is None and not recipe_key):
+        return text
+    small = f"; {flag_value(SMALL_NET_RECIPE[recipe_key])} below --width 1" if recipe_key else ""
+    return f"{text} (default: {flag_value(default)}{small})"
 
 
 def _power_of_ten(value: float) -> str:
@@ -231,7 +311,11 @@ def _train_scale(text: str) -> int:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, help="model store directory")
+    p.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV) or STORE_DEFAULT,
+        help=f"model store directory (${STORE_ENV}, else {STORE_DEFAULT})",
+    )
     p.add_argument("--name", required=True, help="name of the new entry")
     p.add_argument(
         "--test-scales",
@@ -334,7 +418,26 @@ def _train_options(args: argparse.Namespace) -> TrainOptions:
     }
     values["scale_min"] = args.scale_min or args.scale or DEFAULTS.scale_min
     values["scale_max"] = args.scale_max or args.scale or DEFAULTS.scale_max
+    if not args.resume:
+        _small_net_defaults(values)
     return TrainOptions(**values)
+
+
+def _small_net_defaults(values: dict[str, Any]) -> None:
+    """Below --width 1 the options of the small-net recipe not given take its values (the
+    paper's defaults diverge there: docs/training.md, "A first run"); one log line says so."""
+    width = values.get("width", DEFAULTS.width)
+    chosen = {k: v for k, v in SMALL_NET_RECIPE.items() if k not in values}
+    if width >= 1 or not chosen:
+        return
+    values.update(chosen)
+    if int(os.environ.get("RANK", "0")) == 0:
+        logging.getLogger("training.train").info(
+            '--width %g is below 1: %s, the small-net recipe (docs/training.md, "A first '
+            'run"); give these options to choose otherwise',
+            width,
+            as_flags(chosen),
+        )
 
 
 @_fail_cleanly
@@ -342,7 +445,9 @@ def _make_shapes(args: argparse.Namespace) -> int:
     from training.shapes import CLASSES, write_shapes
 
     try:
-        root = write_shapes(args.dir, args.per_class, args.seed, workers=args.workers)
+        root = write_shapes(
+            args.dir, args.per_class, args.seed, workers=args.workers, overwrite=args.force
+        )
     except (FileExistsError, ValueError) as err:
         print(f"verydeep make-shapes: error: {err}", file=sys.stderr)
         return 2

@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
-from tqdm import tqdm
 
 from model_store.imaging import load_rgb
+from model_store.progress import progress_bar
 from training.errors import TrainError, UserFacingError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def rgb_statistics(
     total = np.zeros(3)
     outer = np.zeros((3, 3))
     count = 0
-    for path in tqdm(chosen, desc="mean RGB and PCA", disable=not progress, leave=False):
+    for path in progress_bar(chosen, desc="mean RGB and PCA", enabled=progress, leave=False):
         image = load_rgb(path, max_scale=STATS_SIDE)
         image.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
         x = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
@@ -250,7 +250,7 @@ def shapes_folders(opts: TrainOptions, d: Dist) -> tuple[Path, Path]:
             (val_dir, opts.shapes_val_per_class, val_seed),
         ):
             if not is_complete(root, n, seed):
-                write_shapes(root, n, seed, progress=opts.progress)
+                write_shapes(root, n, seed, progress=opts.progress, overwrite=True)
     d.barrier()
     return train_dir, val_dir
 

@@ -18,6 +18,18 @@ PAPER_LR = 1e-2
 FINE_TUNE_LR = 1e-3  # paper §3.1: S = 384 initialised from S = 256 with a smaller lr
 # Options a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "max_steps", "workers", "device", "progress", "tensorboard", "amp")
+# The small-net recipe (docs/training.md, "A first run"): the demo models' settings, which
+# `verydeep train` takes for the options not given when --width is below 1. There the paper's
+# N(0, 1e-2) init on raw mean-subtracted pixels starts at a loss in the hundreds and diverges,
+# with any lr; Glorot's init or dividing by the data's std each starts near chance.
+SMALL_NET_RECIPE: dict[str, Any] = {
+    "init": "glorot",
+    "input_std": "data",
+    "clip_grad_norm": 5.0,
+    "dropout": 0.0,
+}
+# What stops a divergence (the recipe but dropout, which is about the fc layers' capacity).
+DIVERGENCE_CURES = ("init", "input_std", "clip_grad_norm")
 
 
 @dataclass
@@ -71,6 +83,34 @@ class TrainOptions:
         if self.lr is not None:
             return self.lr
         return FINE_TUNE_LR if self.init_from else PAPER_LR
+
+    def divergence_advice(self) -> str:
+        """What to change after a nan or infinite loss: the recipe's flags not in effect."""
+        missing = {k: SMALL_NET_RECIPE[k] for k in DIVERGENCE_CURES if not self._cured(k)}
+        lower = f"a lower --lr than {self.initial_lr:g}"
+        if not missing:
+            return f"try {lower}"
+        return (
+            f'try {as_flags(missing)} (the small-net recipe, docs/training.md "A first run"), '
+            f"or {lower}"
+        )
+
+    def _cured(self, key: str) -> bool:
+        if key == "clip_grad_norm":  # any clipping already bounds the step; 0 is none
+            return bool(self.clip_grad_norm)
+        return bool(getattr(self, key) == SMALL_NET_RECIPE[key])
+
+
+def as_flags(values: dict[str, Any]) -> str:
+    """``{"clip_grad_norm": 5.0}`` as ``--clip-grad-norm 5``."""
+    return " ".join(f"--{k.replace('_', '-')} {flag_value(v)}" for k, v in values.items())
+
+
+def flag_value(value: Any) -> str:
+    """A value as one would type it: ``5`` for 5.0, ``none`` for None."""
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass

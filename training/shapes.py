@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from model_store.progress import progress_bar
+
 # Sorted, so that torchvision's ImageFolder (which sorts class folders) gives index i to CLASSES[i].
 CLASSES: tuple[str, ...] = (
     "circle",
@@ -265,6 +267,18 @@ def is_complete(root: str | Path, per_class: int, seed: int) -> bool:
     return meta.get("per_class") == per_class and meta.get("seed") == seed
 
 
+def _check_replaceable(root: Path, overwrite: bool) -> None:
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not (root / DONE_FILE).exists():
+        raise FileExistsError(
+            f"{root} is not empty and not a shapes folder (no {DONE_FILE}); refusing to "
+            "delete it: choose an empty or new folder"
+        )
+    if not overwrite:
+        raise FileExistsError(f"{root} already holds a shapes folder; --force replaces it")
+
+
 def write_shapes(
     root: str | Path,
     per_class: int,
@@ -272,27 +286,26 @@ def write_shapes(
     *,
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``per_class`` images of each class to ``root/<class>/`` (ImageFolder layout).
 
     Files are written into a temporary sibling folder that is renamed into place at the end, so
     an interrupted run never leaves a half-written dataset at ``root``. ``root`` must not exist
-    or be empty (or hold an earlier complete run, which is replaced).
+    or be empty; with ``overwrite`` it may also hold an earlier shapes folder, which is replaced.
+    Any other folder is never deleted.
     """
-    from tqdm import tqdm
-
     root = Path(root)
     if per_class < 1:
         raise ValueError("per_class must be >= 1")
-    if root.exists() and any(root.iterdir()) and not (root / DONE_FILE).exists():
-        raise FileExistsError(f"{root} exists and is not a shapes folder; refusing to overwrite")
+    _check_replaceable(root, overwrite)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for name in CLASSES:
         (tmp / name).mkdir(parents=True)
     jobs = list(_jobs(tmp, per_class, seed))
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=f"shapes seed {seed}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"shapes seed {seed}", unit="img", enabled=progress)
     try:
         if workers <= 1:
             for job in jobs:

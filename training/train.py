@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -40,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from model_store.progress import progress_bar
 from training.checkpoint import Checkpoint
 from training.data import step_batches
 from training.distributed import Dist, StopFlag, setup_distributed, worker_init
@@ -157,8 +157,8 @@ def train_epoch(run: Run, state: TrainState, logs: Logs, stop: StopFlag) -> str:
             _show(bar, state)
         if not math.isfinite(row["loss"]):
             raise TrainError(
-                f"loss is {row['loss']} at step {state.global_step}: lower --lr or use "
-                "--warmup-epochs"
+                f"loss is {row['loss']} at step {state.global_step}: training diverged; "
+                + opts.divergence_advice()
             )
         reached_max = opts.max_steps is not None and state.global_step >= opts.max_steps
         if run.d.any(stop.signum is not None) or reached_max:
@@ -285,15 +285,11 @@ def end_epoch(run: Run, state: TrainState, logs: Logs, val_acc: float) -> bool:
 def _progress(run: Run, state: TrainState) -> Any:
     if not (run.d.main and run.opts.progress):
         return None
-    from tqdm import tqdm
-
-    return tqdm(
+    return progress_bar(
         total=run.steps_per_epoch,
         initial=state.step_in_epoch,
         desc=f"epoch {state.epoch + 1}/{run.opts.epochs}",
         unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
 
 
@@ -305,5 +301,6 @@ def _show(bar: Any, state: TrainState) -> None:
         acc=f"{p.correct / p.count:.3f}",
         img_s=f"{p.count / p.seconds:.1f}",
         lr=f"{state.schedule.lr:.2g}",
+        refresh=False,  # the bar redraws when its interval has passed (docs/training.md)
     )
     bar.update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from model_store import ModelStore, Preprocessing, TrainScale, sha256_file
 from tests.conftest import TINY_LABELS, tiny_vgg
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from verydeep.cli import main
+from verydeep.cli import build_parser, main
 
 
 def write_checkpoint(path: Path, seed: int = 0) -> Checkpoint:
@@ -129,3 +130,31 @@ def test_bad_test_scales_refused_by_the_command_line(
     assert exited.value.code == 2
     assert f"argument --test-scales: {message}" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_store_defaults_as_the_service_does(tmp_path: Path, monkeypatch) -> None:
+    """--store is VERYDEEP_MODEL_STORE, else ./model_store, for export and import-torchvision."""
+    write_checkpoint(tmp_path / "c.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VERYDEEP_MODEL_STORE", raising=False)
+    assert main(["export", "c.pt", "--name", "here"]) == 0
+    assert ModelStore(tmp_path / "model_store").names() == ["here"]
+    monkeypatch.setenv("VERYDEEP_MODEL_STORE", str(tmp_path / "elsewhere"))
+    assert main(["export", "c.pt", "--name", "there"]) == 0
+    assert ModelStore(tmp_path / "elsewhere").names() == ["there"]
+    args = build_parser().parse_args(["import-torchvision", "vgg11", "--name", "v"])
+    assert args.store == str(tmp_path / "elsewhere")
+
+
+def test_export_progress_is_its_log_lines(tmp_path: Path, capsys, caplog) -> None:
+    """No progress bar to interleave with the log: one line per verified size."""
+    write_checkpoint(tmp_path / "c.pt")
+    caplog.set_level(logging.INFO, logger="training.export")
+    assert main(["export", str(tmp_path / "c.pt"), "--store", str(tmp_path), "--name", "m"]) == 0
+    verified = [r.getMessage() for r in caplog.records if r.getMessage().startswith("verified")]
+    assert [m.split(":")[0] for m in verified] == [
+        "verified 1x3x224x224 (1 of 3)",
+        "verified 2x3x256x320 (2 of 3)",
+        "verified 1x3x480x640 (3 of 3)",
+    ]
+    assert "\r" not in capsys.readouterr().err

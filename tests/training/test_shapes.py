@@ -20,6 +20,7 @@ from training.shapes import (
     shape_image,
     write_shapes,
 )
+from verydeep.cli import main as cli
 
 
 def test_at_least_eight_sorted_classes() -> None:
@@ -70,6 +71,27 @@ def test_write_shapes_refuses_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         write_shapes(tmp_path / "x", 1, seed=0, progress=False)
     assert (tmp_path / "x" / "mine.txt").exists()
+
+
+def test_make_shapes_into_a_non_empty_folder_needs_force(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "shapes"
+    args = ["make-shapes", str(out), "--per-class", "1", "--workers", "1"]
+    assert cli([*args, "--seed", "1"]) == 0
+    first = sorted(p.read_bytes() for p in out.rglob("*.jpg"))
+    capsys.readouterr()
+    assert cli([*args, "--seed", "2"]) == 2
+    assert "already holds a shapes folder; --force replaces it" in capsys.readouterr().err
+    assert sorted(p.read_bytes() for p in out.rglob("*.jpg")) == first  # untouched
+    assert cli([*args, "--seed", "2", "--force"]) == 0
+    assert is_complete(out, 1, 2)
+
+
+def test_force_never_deletes_a_folder_make_shapes_did_not_write(tmp_path: Path, capsys) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.jpg").write_bytes(b"keep")
+    code = cli(["make-shapes", str(tmp_path / "mine"), "--per-class", "1", "--force"])
+    assert code == 2 and "not a shapes folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"keep"
 
 
 def test_make_shapes_command(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ fine-tuning and A-initialisation from checkpoints, the command line, and export 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from training.checkpoint import load_checkpoint
 from training.distributed import Dist
 from training.export_checkpoint import export_checkpoint
 from training.model_setup import build_model
-from training.options import TrainOptions, TrainResult
+from training.options import SMALL_NET_RECIPE, TrainOptions, TrainResult
 from training.run_logs import Logs
 from training.shapes import CLASSES
 from training.train import train
@@ -255,3 +256,68 @@ def test_export_of_a_trained_checkpoint(tmp_path: Path, shapes_data) -> None:
     session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
     (scores,) = session.run(None, {"image": np.zeros((1, 3, 256, 320), np.float32)})
     assert scores.shape == (1, len(CLASSES), 2, 4)
+
+
+def test_a_reduced_width_takes_the_small_net_recipe(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Below --width 1 the options not given take the demo models' recipe, said in one line;
+    options given are kept, and full width or a resumed run keep the paper's defaults."""
+    seen: list[TrainOptions] = []
+
+    def fake_train(opts: TrainOptions, overrides: list[str]) -> TrainResult:
+        seen.append(opts)
+        return TrainResult(out=tmp_path, last=tmp_path / "last.pt", best=None, stopped="epochs")
+
+    monkeypatch.setattr("training.train.train", fake_train)
+    caplog.set_level(logging.INFO, logger="training.train")
+    assert cli(["train", "--data", "d", "--width", "0.125"]) == 0
+    assert seen[-1] == TrainOptions(data="d", width=0.125, **SMALL_NET_RECIPE)
+    assert caplog.messages[-1].startswith(
+        "--width 0.125 is below 1: --init glorot --input-std data --clip-grad-norm 5 --dropout 0,"
+    )
+    assert cli(["train", "--data", "d", "--width", "0.5", "--init", "normal", "--dropout",
+                "0.5"]) == 0  # fmt: skip
+    assert (seen[-1].init, seen[-1].dropout, seen[-1].input_std) == ("normal", 0.5, "data")
+    assert "below 1: --input-std data --clip-grad-norm 5, the" in caplog.messages[-1]
+    caplog.clear()
+    assert cli(["train", "--data", "d"]) == 0
+    assert cli(["train", "--resume", "--width", "0.125"]) == 0
+    assert seen[-2] == TrainOptions(data="d") and seen[-1].init == "normal"
+    assert not caplog.messages
+
+
+def test_the_tiny_first_run_trains_with_the_defaults(tmp_path: Path, two_tone_data) -> None:
+    """A narrow net with nothing but its widths given: no nan, and its loss falls."""
+    train_dir, val_dir = two_tone_data
+    out = tmp_path / "run"
+    args = ["train", "--data", str(train_dir), "--val-data", str(val_dir), "--width", "0.125",
+            "--fc-width", "64", "--scale", "224", "--batch-size", "8", "--epochs", "3",
+            "--workers", "0", "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert cli(args) == 0
+    losses = [float(row[3]) for row in _step_rows(out)]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert losses[0] == pytest.approx(np.log(2), abs=0.1)  # starts near chance
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+def test_the_issues_first_run_on_shapes_finishes(tmp_path: Path) -> None:
+    """The first run as a newcomer types it: the paper's defaults diverged at step 3."""
+    args = ["train", "--config", "A", "--width", "0.125", "--fc-width", "64", "--dataset",
+            "shapes", "--shapes-per-class", "4", "--shapes-val-per-class", "2", "--epochs", "1",
+            "--batch-size", "8", "--data-cache", str(tmp_path / "cache"), "--workers", "0",
+            "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli(args) == 0
+    losses = [float(row[3]) for row in _step_rows(tmp_path / "run")]
+    assert len(losses) == 4 and all(loss < 3 for loss in losses), losses  # chance: ln 8 = 2.08
+
+
+def test_divergence_names_what_helps(tmp_path: Path, shapes_data, capsys) -> None:
+    """The paper's init on raw pixels at a reduced width, no clipping: nan within a few
+    steps, and the message names the recipe's flags not in effect."""
+    train_dir, val_dir = shapes_data
+    code = cli(["train", "--data", str(train_dir), "--val-data", str(val_dir), "--width", "0.125",
+                "--fc-width", "64", "--batch-size", "8", "--init", "normal", "--input-std", "1",
+                "--clip-grad-norm", "0", "--dropout", "0.5", "--workers", "0", "--no-progress",
+                "--no-tensorboard", "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged; try --init glorot --input-std data" in err
+    assert "--clip-grad-norm 5 (the small-net recipe" in err and "lower --lr than 0.01" in err
