@@ -196,7 +196,7 @@ def _data_args(g: Any) -> None:
     )  # fmt: skip
     _option(
         g, "--workers", type=int, resume_override=True,
-        help="data-loading processes per process",
+        help="data-loading processes per process (default: one per CPU core, at most 4)",
     )  # fmt: skip
 
 

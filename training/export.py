@@ -79,7 +79,9 @@ def export_onnx(
     fcn = fcn.eval()
     path = Path(path)
     log.info("exporting to ONNX (opset %d, %s)", opset, dtype)
-    graph = copy.deepcopy(fcn).to(DTYPES[dtype])
+    # float32 exports the net itself: a copy would hold another set of weights (0.5 GB at full
+    # size) through the verification (docs/training.md, "Import torchvision's ImageNet weights").
+    graph = fcn if dtype == "float32" else copy.deepcopy(fcn).to(DTYPES[dtype])
     example = torch.zeros(1, 3, 224, 224, dtype=DTYPES[dtype])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,6 +98,7 @@ def export_onnx(
                 OUTPUT_NAME: {0: "N", 2: "h", 3: "w"},
             },
         )
+    del graph
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
