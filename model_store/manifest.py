@@ -88,6 +88,9 @@ class OnnxInfo(_Strict):
     input: str = "image"
     output: str = "scores"
     dtype: Literal["float32", "float16"] = "float32"
+    # The second output, fc7's activations after its ReLU (docs/training.md, "The features
+    # output"); None for entries exported before it existed, which keep loading and classifying.
+    features: str | None = None
 
     @field_validator("file")
     @classmethod
@@ -95,6 +98,15 @@ class OnnxInfo(_Strict):
         if "/" in file or "\\" in file or file in ("", ".", ".."):
             raise ValueError(f"onnx.file must be a plain file name inside the entry, got {file!r}")
         return file
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> OnnxInfo:
+        if self.features is not None and self.features in ("", self.input, self.output):
+            raise ValueError(
+                f"onnx.features must name an output of its own, got {self.features!r} "
+                f"(input {self.input!r}, output {self.output!r})"
+            )
+        return self
 
 
 class Provenance(_Strict):

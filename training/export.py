@@ -1,9 +1,10 @@
 """Fully-convolutional ONNX export that verifies itself before anything is written
 (docs/training.md, "Fully convolutional, exported to ONNX").
 
-The exported graph has input ``image (N, 3, H, W)`` and output ``scores (N, K, h, w)`` with N, H
+The exported graph has input ``image (N, 3, H, W)`` and outputs ``scores (N, K, h, w)`` and
+``features (N, F, h, w)`` (fc7 after its ReLU, docs/training.md, "The features output") with N, H
 and W dynamic. Before the file reaches the store it passes the ONNX checker and onnxruntime must
-agree with the torch net at 224x224, a non-square size and a large size.
+agree with the torch net on both outputs at 224x224, a non-square size and a large size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from model_store import (
     SCHEMA_VERSION,
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
+FEATURES_NAME = "features"
 # (batch, height, width): the crop size, a non-square size with two images, a large image.
 VERIFY_SIZES: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 256, 320), (1, 480, 640))
 # Verification tolerance: ATOL + RTOL * max |reference score|, the reference being the float32
@@ -57,11 +60,37 @@ class ExportError(UserFacingError):
 
 @dataclass(frozen=True)
 class SizeCheck:
+    """One verified size: the scores' and the features' max |diff| against torch, each with its
+    own tolerance."""
+
     batch: int
     height: int
     width: int
     max_abs_diff: float
     tolerance: float
+    features_max_abs_diff: float
+    features_tolerance: float
+
+
+class _ScoresAndFeatures(nn.Module):
+    """What is traced: ``fcn``'s forward with fc7's ReLU output as a second output. It holds the
+    net's ``features`` and ``head`` under their own names, so the graph's ops and names are those
+    of the scores-only export; the fc7 ReLU's output tensor is merely named ``features``.
+    onnxruntime computes only what the requested outputs need, and that ReLU lies on the path to
+    ``scores``, so asking for ``scores`` alone costs what it did before (docs/training.md, "The
+    features output")."""
+
+    def __init__(self, fcn: FullyConvVGG) -> None:
+        super().__init__()
+        self.features = fcn.features
+        self.head = fcn.head
+        self._fcn = [fcn]  # in a list: not a submodule, so no scope of its own in the trace
+        # torch.onnx.export puts the wrapper back in its own mode afterwards, and a new module is
+        # in training mode: the net's layers would come out of the export with dropout on.
+        self.train(fcn.training)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._fcn[0].scores_and_features(image)
 
 
 def export_onnx(
@@ -72,7 +101,7 @@ def export_onnx(
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
 ) -> list[SizeCheck]:
-    """Export ``fcn`` to ``path`` with weights, input and output in ``dtype`` ("float32" or
+    """Export ``fcn`` to ``path`` with weights, input and outputs in ``dtype`` ("float32" or
     "float16") and verify it against the float32 net; raises ExportError when a check fails."""
     if dtype not in DTYPES:
         raise ExportError(f"unknown export dtype {dtype!r}; use float32 or float16")
@@ -86,16 +115,17 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph,
+            _ScoresAndFeatures(graph),
             (example,),
             str(path),
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, FEATURES_NAME],
             dynamic_axes={
                 INPUT_NAME: {0: "N", 2: "H", 3: "W"},
                 OUTPUT_NAME: {0: "N", 2: "h", 3: "w"},
+                FEATURES_NAME: {0: "N", 2: "h", 3: "w"},
             },
         )
     del graph
@@ -113,36 +143,56 @@ def verify_onnx(
     *,
     dtype: str = "float32",
 ) -> list[SizeCheck]:
-    """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size; a
-    log line per size is the progress (no bar to interleave with the log)."""
+    """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size, on
+    ``scores`` and on ``features``, each output against its own tolerance; a log line per size is
+    the progress (no bar to interleave with the log)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     checks = []
     for i, (batch, height, width) in enumerate(sizes, 1):
         x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
-            expected = fcn(x).numpy()
-        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
-        actual = actual.astype(np.float32)
-        want_shape = (batch, fcn.num_classes, *score_map_shape(height, width))
-        if actual.shape != want_shape:
-            raise ExportError(
-                f"ONNX output at {batch}x3x{height}x{width} has shape {actual.shape}, "
-                f"expected {want_shape}"
+            scores, features = (t.numpy() for t in fcn.scores_and_features(x))
+        actual = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
+        size = f"{batch}x3x{height}x{width}"
+        h, w = score_map_shape(height, width)
+        diffs = [
+            _compare(name, got, want, (batch, channels, h, w), size, dtype)
+            for name, got, want, channels in (
+                (OUTPUT_NAME, actual[0], scores, fcn.num_classes),
+                (FEATURES_NAME, actual[1], features, fcn.feature_dim),
             )
-        diff = float(np.max(np.abs(actual - expected)))
-        tolerance = ATOL[dtype] + RTOL[dtype] * float(np.max(np.abs(expected)))
-        if not diff <= tolerance:
-            raise ExportError(
-                f"ONNX output differs from torch at {batch}x3x{height}x{width}: "
-                f"max |diff| {diff:.3g} > tolerance {tolerance:.3g}"
-            )
-        checks.append(SizeCheck(batch, height, width, diff, tolerance))
+        ]
+        checks.append(SizeCheck(batch, height, width, *diffs[0], *diffs[1]))
         log.info(
-            "verified %dx3x%dx%d (%d of %d): max |diff| %.3g", batch, height, width, i, len(sizes),
-            diff,
+            "verified %s (%d of %d): max |diff| %.3g in scores, %.3g in features", size, i,
+            len(sizes), diffs[0][0], diffs[1][0],
         )  # fmt: skip
     return checks
+
+
+def _compare(
+    name: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    want_shape: tuple[int, ...],
+    size: str,
+    dtype: str,
+) -> tuple[float, float]:
+    """``(max |diff|, tolerance)`` of one output; raises ExportError on a wrong shape or a
+    difference above ``ATOL + RTOL * max |expected|``."""
+    if actual.shape != want_shape:
+        raise ExportError(
+            f"ONNX output {name!r} at {size} has shape {actual.shape}, expected {want_shape}"
+        )
+    diff = float(np.max(np.abs(actual.astype(np.float32) - expected)))
+    tolerance = ATOL[dtype] + RTOL[dtype] * float(np.max(np.abs(expected)))
+    if not diff <= tolerance:
+        raise ExportError(
+            f"ONNX output {name!r} differs from torch at {size}: "
+            f"max |diff| {diff:.3g} > tolerance {tolerance:.3g}"
+        )
+    return diff, tolerance
 
 
 def export_to_store(
@@ -190,6 +240,7 @@ def export_to_store(
                 input=INPUT_NAME,
                 output=OUTPUT_NAME,
                 dtype=dtype,
+                features=FEATURES_NAME,
             ),
             provenance=Provenance(
                 source=source,

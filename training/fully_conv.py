@@ -14,9 +14,15 @@ from torch import nn
 
 from training.vgg import FC6_KERNEL, VGG
 
+# The head's layers: fc6 conv, ReLU, dropout, fc7 conv, ReLU, dropout, fc8 conv. Index 4 is fc7's
+# ReLU, whose output is the ``features`` of the export (docs/training.md, "The features output").
+FC7_CONV = 3
+FC7_RELU = 4
+
 
 class FullyConvVGG(nn.Module):
-    """Input ``image (N, 3, H, W)``, output ``scores (N, K, H // 32 - 6, W // 32 - 6)``."""
+    """Input ``image (N, 3, H, W)``, output ``scores (N, K, H // 32 - 6, W // 32 - 6)``;
+    :meth:`scores_and_features` also gives fc7's activations ``(N, F, h, w)``."""
 
     def __init__(self, config: str, features: nn.Sequential, head: nn.Sequential) -> None:
         super().__init__()
@@ -28,8 +34,25 @@ class FullyConvVGG(nn.Module):
     def num_classes(self) -> int:
         return self.head[6].out_channels
 
+    @property
+    def feature_dim(self) -> int:
+        """F, fc7's width (4096 at full size)."""
+        return self.head[FC7_CONV].out_channels
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
+
+    def scores_and_features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, features)``: :meth:`forward` itself, with the output of fc7's ReLU
+        (dropout is the identity in eval mode) caught on its way to fc8 by a forward hook, so
+        that an ONNX trace of it holds the very ops and names of the scores-only graph."""
+        caught: list[torch.Tensor] = []
+        hook = self.head[FC7_RELU].register_forward_hook(lambda _m, _i, out: caught.append(out))
+        try:
+            scores = self(image)
+        finally:
+            hook.remove()
+        return scores, caught[0]
 
 
 def _linear_as_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,28 @@ def test_the_committed_demo_manifests_validate() -> None:
     for path in paths:
         manifest = Manifest.model_validate_json(path.read_text())
         assert len(set(manifest.test_scales)) == len(manifest.test_scales), path
+
+
+def test_an_entry_exported_before_the_features_output_loads_without_it() -> None:
+    path = REPO / "model_store" / "demo-d" / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["onnx"].pop("features", None)
+    assert Manifest.model_validate(raw).onnx.features is None
+
+
+def test_the_features_output_round_trips() -> None:
+    manifest = _manifest(onnx=OnnxInfo(sha256="a" * 64, opset=17, features="features"))
+    dumped = manifest.model_dump(mode="json")
+    assert dumped["onnx"]["features"] == "features"
+    again = Manifest.model_validate_json(json.dumps(dumped))
+    assert again == manifest and again.onnx.features == "features"
+    assert _manifest().model_dump(mode="json")["onnx"]["features"] is None
+
+
+@pytest.mark.parametrize("name", ["", "scores", "image"])
+def test_the_features_output_has_a_name_of_its_own(name: str) -> None:
+    with pytest.raises(ValidationError, match="onnx.features must name an output of its own"):
+        OnnxInfo(sha256="a" * 64, opset=17, features=name)
 
 
 def test_summary_has_every_field_but_labels() -> None:
