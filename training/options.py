@@ -22,7 +22,7 @@ RESUME_OVERRIDES = ("epochs", "max_steps", "workers", "device", "progress", "ten
 # The small-net recipe (docs/training.md, "A first run"): the demo models' settings, which
 # `verydeep train` takes for the options not given when --width is below 1. There the paper's
 # N(0, 1e-2) init on raw mean-subtracted pixels starts at a loss in the hundreds and diverges
-# even at lr 1e-3; Glorot's init or dividing by the data's std each starts near chance.
+# even at lr 1e-3; Glorot's init and dividing by the data's std together start at chance.
 SMALL_NET_RECIPE: dict[str, Any] = {
     "init": "glorot",
     "input_std": "data",
