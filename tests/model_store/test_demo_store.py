@@ -1,12 +1,15 @@
-"""The committed demo store (SPEC §8): valid entries, small, and models that have learned."""
+"""The committed demo store (docs/training.md, "The demo store"): valid entries, small, with the
+features output, and models that have learned."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
-from model_store import ModelStore
+from model_store import ModelStore, sha256_file
 from service.core.evaluate import evaluate
 from tests.service.helpers import settings_for
 from training.shapes import CLASSES, write_shapes
@@ -14,6 +17,7 @@ from training.shapes import CLASSES, write_shapes
 REPO = Path(__file__).resolve().parents[2]
 DEMO = {"demo-d": ("D", 16), "demo-e": ("E", 19)}
 MAX_ONNX_BYTES = 10 * 1024 * 1024
+FC_WIDTH = 128  # fc6/fc7 of the demo nets (docs/training.md, "The demo store")
 TEST_SEED = 2024  # the seed of the README's test set; training used seeds 0 and 1
 PER_CLASS = 8
 
@@ -33,6 +37,25 @@ def test_demo_entries_are_valid_small_and_trained_on_shapes(demo_store: ModelSto
         assert manifest.provenance.source == "training"
         assert entry.onnx_path.stat().st_size < MAX_ONNX_BYTES
     assert demo_store.ensembles()["demo-de"] == ["demo-d", "demo-e"]
+
+
+@pytest.mark.parametrize("name", sorted(DEMO))
+def test_demo_entries_have_the_features_output(demo_store: ModelStore, name: str) -> None:
+    """docs/training.md, "The features output": fc7 after its ReLU, (N, F, h, w) beside the
+    scores (N, K, h, w), named by the manifest, whose sha256 is the committed file's."""
+    entry = demo_store.read(name, verify=False)
+    onnx_info = entry.manifest.onnx
+    assert onnx_info.sha256 == sha256_file(entry.onnx_path)
+    assert (onnx_info.output, onnx_info.features) == ("scores", "features")
+    session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    assert outputs == {"scores": ["N", 8, "h", "w"], "features": ["N", FC_WIDTH, "h", "w"]}
+    x = np.random.default_rng(0).standard_normal((2, 3, 256, 341), dtype=np.float32)
+    scores, features = session.run(["scores", "features"], {"image": x})
+    assert scores.shape == (2, 8, 2, 4) and features.shape == (2, FC_WIDTH, 2, 4)
+    assert features.min() == 0 and features.max() > 0  # after a ReLU, and not all dead
+    (alone,) = session.run(["scores"], {"image": x})
+    assert np.array_equal(alone, scores)
 
 
 def test_demo_models_classify_unseen_shapes(demo_store: ModelStore, tmp_path: Path) -> None:
