@@ -254,7 +254,7 @@ def test_export_of_a_trained_checkpoint(tmp_path: Path, shapes_data) -> None:
     ckpt = load_checkpoint(result.best)
     assert m.preprocessing == ckpt.preprocessing
     session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
-    (scores,) = session.run(None, {"image": np.zeros((1, 3, 256, 320), np.float32)})
+    (scores,) = session.run(["scores"], {"image": np.zeros((1, 3, 256, 320), np.float32)})
     assert scores.shape == (1, len(CLASSES), 2, 4)
 
 
