@@ -131,6 +131,39 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(handler=_evaluate)
 
+    p = commands.add_parser(
+        "features",
+        help="the paper's image descriptors of a folder (Appendix B), as POST /features",
+        description="Compute the descriptor of every image of a folder (<class>/<image> or "
+        "flat) with the code that answers POST /features, and write them to a .npz file.",
+    )
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
+    )
+    p.add_argument("--model", required=True, help="NAME[,NAME...] or an ensemble name")
+    p.add_argument("--data", required=True, help="folder of <class>/<image> files, or of images")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument(
+        "--scales", default="default", help="Q,Q,... (default: each model's test_scales)"
+    )
+    p.add_argument(
+        "--pool",
+        choices=["mean", "stack"],
+        default="mean",
+        help="mean: the scales' descriptors averaged; stack: concatenated in ascending Q "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="no mirrored views")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress output (default: progress on stderr)",
+    )
+    p.set_defaults(handler=_features)
+
 
 def settings_or_none(command: str, flags: dict[str, tuple[str, object]]) -> Settings | None:
     """``Settings`` from the environment with the command's ``flags`` (``{field: (flag,
@@ -265,4 +298,35 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.maps:
         print(f"score maps drawn in {args.maps}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    settings = settings_or_none("features", {"model_store": ("--store", args.store)})
+    if settings is None:
+        return 2
+
+    from model_store import ModelStore
+    from service.core.evaluate import EvaluationError, parse_scales
+    from service.core.extract import extract
+
+    try:
+        scales = parse_scales(args.scales, settings.max_scale)
+        if scales == "single":
+            raise EvaluationError("--scales: 'single' is for evaluate; give Q values")
+        out = extract(
+            ModelStore(settings.model_store),
+            args.model,
+            args.data,
+            args.out,
+            scales=None if scales == "default" else scales,
+            flip=args.flip,
+            pool=args.pool,
+            settings=settings,
+            progress=args.progress,
+        )
+    except EvaluationError as err:
+        print(f"verydeep features: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
     return 0

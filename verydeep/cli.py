@@ -12,6 +12,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from service import commands as service_commands
     from training import commands as training_commands
+    from training import transfer as transfer_commands
 
     parser = argparse.ArgumentParser(
         prog="verydeep",
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     training_commands.register(commands)
     service_commands.register(commands)
+    transfer_commands.register(commands)
     return parser
 
 

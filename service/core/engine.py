@@ -15,7 +15,7 @@ import numpy as np
 from model_store import EntryError, Manifest, ModelStore, StoreEntry, sha256_bytes
 from service.core import sessions
 from service.core.batching import Batcher
-from service.core.errors import InferenceFailed
+from service.core.errors import InferenceFailed, UnsupportedModel
 from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Engine:
         onnx = entry.manifest.onnx
         self._input = onnx.input
         self._output = onnx.output
+        self.features_output = onnx.features
         self._dtype = np.dtype(onnx.dtype)
         self.max_batch = options.max_batch
         model_bytes, self.file_identity = _read_verified(entry)
@@ -120,19 +121,23 @@ class Engine:
         self._run_slots = cpu_run_slots(parallel) if self.provider == CPU else None
         self._calls = self._views = 0
         self._count_lock = threading.Lock()
-        self._batcher = Batcher(
-            lambda views, merged: self._run(views, merged),
-            max_views=options.max_batch,
-            max_pixels=options.max_batch_pixels,
-            window_s=options.batch_window_ms / 1000,
-            slot=lambda: self._run_slots or contextlib.nullcontext(),
-        )
+        wanted = [self._output, *([self.features_output] if self.features_output else [])]
+        self._batchers = {
+            output: Batcher(
+                functools.partial(self._run, output=output),
+                max_views=options.max_batch,
+                max_pixels=options.max_batch_pixels,
+                window_s=options.batch_window_ms / 1000,
+                slot=lambda: self._run_slots or contextlib.nullcontext(),
+            )
+            for output in wanted
+        }
         inputs = [i.name for i in first.get_inputs()]
         outputs = [o.name for o in first.get_outputs()]
-        if inputs != [self._input] or self._output not in outputs:
+        if inputs != [self._input] or not set(wanted) <= set(outputs):
             raise EngineError(
                 f"{entry.onnx_path.name} has inputs {inputs} and outputs {outputs}; the manifest "
-                f"says input {self._input!r} and output {self._output!r}"
+                f"says input {self._input!r} and outputs {wanted}"
             )
 
     @property
@@ -154,11 +159,32 @@ class Engine:
         the same shape (``Batcher``). Raises InferenceFailed when onnxruntime fails (its message
         is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before a call starts
         (checked once the call has its CPU run slot, which it may have waited for)."""
-        step = self.max_batch
+        return self._in_calls(self._output, batch, cancel)
+
+    def features(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """fc7's activation maps ``(N, F, h, w)`` (docs/serving.md, "Features"), run as
+        ``scores`` is; raises UnsupportedModel for an entry exported without them."""
+        self.check_features()
+        assert self.features_output is not None
+        return self._in_calls(self.features_output, batch, cancel)
+
+    def check_features(self) -> None:
+        """Raise UnsupportedModel (422) unless the ONNX file has the ``features`` output."""
+        if self.features_output is None:
+            raise UnsupportedModel(
+                f"model {self.name!r} was exported before its ONNX file had the 'features' "
+                "output: export it again (verydeep export or import-torchvision), or add the "
+                "output with scripts/add_features_output.py"
+            )
+
+    def _in_calls(
+        self, output: str, batch: np.ndarray, cancel: threading.Event | None
+    ) -> np.ndarray:
+        batcher, step = self._batchers[output], self.max_batch
         if len(batch) <= step:
-            return self._batcher.scores(batch, cancel)
+            return batcher.scores(batch, cancel)
         chunks = (batch[i : i + step] for i in range(0, len(batch), step))
-        return np.concatenate([self._batcher.scores(c, cancel, part=True) for c in chunks])
+        return np.concatenate([batcher.scores(c, cancel, part=True) for c in chunks])
 
     @property
     def network_calls(self) -> int:
@@ -170,7 +196,7 @@ class Engine:
         """Views computed so far, each counted once (padding not counted)."""
         return self._views
 
-    def _run(self, batch: np.ndarray, merged: bool) -> np.ndarray:
+    def _run(self, batch: np.ndarray, merged: bool, *, output: str) -> np.ndarray:
         n = len(batch)
         padded = self.max_batch if self._pad_chunks and merged else n
         if padded > n:
@@ -179,7 +205,7 @@ class Engine:
         feed = {self._input: batch.astype(self._dtype, copy=False)}
         session = self._sessions.for_shape(batch.shape)
         try:
-            (out,) = session.run([self._output], feed)
+            (out,) = session.run([output], feed)
         except Exception as err:
             log.error(
                 "%s: onnxruntime failed on a batch of shape %s: %s", self.name, batch.shape, err

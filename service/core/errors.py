@@ -55,6 +55,13 @@ class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class UnsupportedModel(ServiceError):
+    """The model cannot do what was asked (an entry exported before its ONNX file had the
+    ``features`` output); the message names the way out."""
+
+    status, code = 422, "unsupported_model"
+
+
 class NotReady(ServiceError):
     status, code, retryable = 503, "not_ready", True
 

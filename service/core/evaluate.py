@@ -20,10 +20,10 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from model_store import Manifest, ModelStore, StoreError
 from model_store.imaging import ImageError, decode
+from model_store.progress import progress_bar
 from model_store.scales import ScalesError
 from model_store.scales import parse_scales as parse_scales_list
 from service.core import heatmap
@@ -273,7 +273,7 @@ def evaluate(
     limits = settings.image_limits()
     draft_q = run.largest_scale if settings.jpeg_draft else None
     watched = rows[(run.groups[-1][0], run.methods[0])]
-    bar = tqdm(images, desc="evaluate", unit="img", disable=not progress)
+    bar = progress_bar(images, desc="evaluate", unit="img", enabled=progress)
     for item in bar:
         try:
             decoded = decode(item.path.read_bytes(), limits, max_scale=draft_q)

@@ -17,6 +17,7 @@ from fastapi import Depends, Query, Request
 
 from model_store.scales import ScalesError, parse_scales, quoted
 from service.core.errors import InvalidParameter
+from service.core.features import Pool
 from service.core.protocol import Method
 from service.settings import Settings
 
@@ -107,8 +108,49 @@ def scale_list(text: str, settings: Settings) -> list[int]:
         raise InvalidParameter(f"scales: {err}") from None
 
 
-def check_repeated(request: Request) -> None:
+def check_repeated(request: Request, names: tuple[str, ...] = QUERY_PARAMETERS) -> None:
     counts = Counter(key for key, _ in request.query_params.multi_items())
-    repeated = [name for name in QUERY_PARAMETERS if counts[name] > 1]
+    repeated = [name for name in names if counts[name] > 1]
     if repeated:
         raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
+
+
+FEATURES_PARAMETERS = ("model", "scales", "flip", "pool")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    model: str | None
+    scales: list[int] | None
+    flip: bool
+    pool: Pool
+
+
+def features_params(
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    model: Annotated[
+        str | None,
+        Query(description="model name, ensemble name, or comma-separated model names"),
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Query(
+            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
+            "(default: each model's test_scales)",
+            examples=["256,384,512"],
+        ),
+    ] = None,
+    flip: Annotated[bool, Query(description="average each scale with its mirror")] = True,
+    pool: Annotated[
+        Pool,
+        Query(description="mean: the scales' descriptors averaged; stack: concatenated"),
+    ] = "mean",
+) -> FeaturesParams:
+    check_repeated(request, FEATURES_PARAMETERS)
+    return FeaturesParams(
+        model=model,
+        scales=None if scales is None else scale_list(scales, settings),
+        flip=flip,
+        pool=pool,
+    )

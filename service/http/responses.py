@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from model_store.imaging import rescaled_size
 from service.core import protocol
 from service.core.classify import Outcome
+from service.core.describe import FeaturesOutcome
 from service.core.registry import Resolved
-from service.http.params import ClassifyParams
-from service.http.schemas import ClassifyResponse, ImageSize, Prediction, ScoreMap, Timing
+from service.http.params import ClassifyParams, FeaturesParams
+from service.http.schemas import (
+    ClassifyResponse,
+    FeaturesResponse,
+    ImageSize,
+    Prediction,
+    ScoreMap,
+    Timing,
+)
 
 
 def classify_response(
@@ -65,6 +75,37 @@ def score_maps(
                 )
             )
     return entries
+
+
+NPY = "application/x-npy"
+
+
+def features_response(
+    resolved: Resolved, params: FeaturesParams, outcome: FeaturesOutcome, total_s: float
+) -> FeaturesResponse:
+    descriptor, decoded = outcome.descriptor, outcome.decoded
+    return FeaturesResponse(
+        model=resolved.name,
+        members=[name for name, _ in descriptor.members],
+        scales=descriptor.scales,
+        flip=params.flip,
+        pool=params.pool,
+        dimension=len(descriptor.vector),
+        features=descriptor.vector.tolist(),
+        image=ImageSize(width=decoded.width, height=decoded.height),
+        timing_ms=Timing(
+            decode=milliseconds(outcome.decode_s),
+            inference=milliseconds(outcome.inference_s),
+            total=milliseconds(total_s),
+        ),
+    )
+
+
+def npy_bytes(vector: np.ndarray) -> bytes:
+    """``vector`` as a NumPy ``.npy`` file (float32), for clients that ask for it."""
+    buffer = io.BytesIO()
+    np.save(buffer, vector.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def milliseconds(seconds: float) -> float:

@@ -12,19 +12,27 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.core.classify import ClassifyRequest, Outcome, classify_bytes
+from service.core.describe import FeaturesRequest, describe_bytes
 from service.core.errors import NotReady
 from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
 from service.http.metrics import Metrics
-from service.http.params import ClassifyParams, classify_params
-from service.http.responses import classify_response, milliseconds
+from service.http.params import ClassifyParams, FeaturesParams, classify_params, features_params
+from service.http.responses import (
+    NPY,
+    classify_response,
+    features_response,
+    milliseconds,
+    npy_bytes,
+)
 from service.http.schemas import (
     ClassifyResponse,
     EnsembleInfo,
     ErrorDetail,
     ErrorResponse,
+    FeaturesResponse,
     HealthResponse,
     ModelInfo,
     ModelsResponse,
@@ -122,24 +130,91 @@ def _record(
     response: ClassifyResponse,
 ) -> None:
     """A classification's latency and views in the metrics, and its fields in the log line."""
-    timing, members = response.timing_ms, outcome.result.members
-    metrics.observe_phases(
-        queue=queue_s,
-        decode=outcome.decode_s,
-        inference=outcome.inference_s,
-        total=timing.total / 1000,
+    members = outcome.result.members
+    _observe(
+        metrics,
+        log_fields,
+        {m.name: (list(m.scales), m.views) for m in members},
+        queue_s,
+        outcome.decode_s,
+        outcome.inference_s,
+        response.timing_ms.total / 1000,
     )
-    for member in members:
-        metrics.views.labels(member.name).inc(member.views)
     log_fields.update(
-        scales={m.name: list(m.scales) for m in members},
-        views={m.name: m.views for m in members},
         image=f"{response.image.width}x{response.image.height}",
         top1=response.predictions[0].label,
-        queue_ms=milliseconds(queue_s),
-        decode_ms=timing.decode,
-        inference_ms=timing.inference,
     )
+
+
+def _observe(
+    metrics: Metrics,
+    log_fields: dict[str, Any],
+    members: dict[str, tuple[list[int], int]],
+    queue_s: float,
+    decode_s: float,
+    inference_s: float,
+    total_s: float,
+) -> None:
+    """A request's phases and views per member in the metrics and the log line."""
+    metrics.observe_phases(queue=queue_s, decode=decode_s, inference=inference_s, total=total_s)
+    for name, (_, views) in members.items():
+        metrics.views.labels(name).inc(views)
+    log_fields.update(
+        scales={name: scales for name, (scales, _) in members.items()},
+        views={name: views for name, (_, views) in members.items()},
+        queue_ms=milliseconds(queue_s),
+        decode_ms=milliseconds(decode_s),
+        inference_ms=milliseconds(inference_s),
+    )
+
+
+@router.post(
+    "/features",
+    response_model=FeaturesResponse,
+    responses={
+        **_errors(400, 404, 413, 415, 422, 500, 503, 504),
+        200: {
+            "description": "the descriptor as JSON, or with Accept: application/x-npy as a "
+            "float32 NumPy .npy file of shape (dimension,)",
+            "content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+    openapi_extra=_UPLOAD_BODY,
+    summary="The paper's image descriptor: fc7 aggregated densely over scales and flips",
+)
+async def image_features(
+    request: Request, params: Annotated[FeaturesParams, Depends(features_params)]
+) -> Response | FeaturesResponse:
+    arrived = time.perf_counter()
+    service = _service(request)
+    gate = _ready_gate(service)
+    log_fields: dict[str, Any] = {"protocol": f"features-{params.pool}", "flip": params.flip}
+    setattr(request.state, LOG_FIELDS, log_fields)
+    resolved = service.registry.resolve(params.model)
+    log_fields["model"] = resolved.name
+    for member in resolved.members:
+        member.check_features()
+    job = FeaturesRequest(resolved.members, params.scales, params.flip, params.pool)
+    async with gate.admit():
+        data = await read_image_bytes(request, service.settings.max_upload_bytes)
+        log_fields["bytes"] = len(data)
+        work = functools.partial(describe_bytes, data, job, service.settings)
+        outcome, queue_s = await gate.run(work)
+    total_s = time.perf_counter() - arrived
+    per_view = 2 if params.flip else 1
+    members = {n: (list(qs), per_view * len(qs)) for n, qs in outcome.descriptor.members}
+    _observe(
+        service.metrics,
+        log_fields,
+        members,
+        queue_s,
+        outcome.decode_s,
+        outcome.inference_s,
+        total_s,
+    )
+    if NPY in request.headers.get("accept", ""):
+        return Response(npy_bytes(outcome.descriptor.vector), media_type=NPY)
+    return features_response(resolved, params, outcome, total_s)
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Models, ensembles, skipped entries")

@@ -68,6 +68,22 @@ class ClassifyResponse(BaseModel):
     )
 
 
+class FeaturesResponse(BaseModel):
+    model: str = Field(description="the model, ensemble or comma list that was asked for")
+    members: list[str] = Field(description="the models whose descriptors were concatenated")
+    scales: list[int] = Field(description="every Q used by some member, ascending")
+    flip: bool
+    pool: Literal["mean", "stack"]
+    dimension: int = Field(description="length of features")
+    features: list[float] = Field(
+        description="the L2-normalised descriptor: per member, fc7's maps averaged over space "
+        "(and the mirror), over scales (mean) or concatenated in ascending Q (stack); members "
+        "concatenated in order and normalised again"
+    )
+    image: ImageSize
+    timing_ms: Timing
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="machine-readable, e.g. unknown_model, image_too_large")
     message: str
