@@ -1,8 +1,7 @@
-# syntax=docker/dockerfile:1
-#
 # verydeep serving image: `verydeep serve` on onnxruntime-gpu 1.31.1, which PyPI ships built
 # against CUDA 13.0 and cuDNN 9. No torch: the runtime stage holds the serving dependencies only.
 #
+#   build-env  the base with pip pointed at the package index (PIP_INDEX_URL, EXTRA_CA_CERT below)
 #   builder  builds the project wheel (`pip wheel --no-deps .`) and installs it, with its serving
 #            dependencies and the `cuda` extra (the CUDA 13.0 / cuDNN 9 user-space libraries
 #            from NVIDIA's pip wheels, pinned in pyproject.toml), into the venv /opt/venv.
@@ -22,20 +21,52 @@
 # builds are no longer published there, so no build argument here switches to CUDA 12; see
 # docs/deployment.md ("Drivers older than R580") for the options.
 
+# Builds with nothing reachable but the package index: no `# syntax=` line (it would make BuildKit
+# fetch a frontend image from Docker Hub first; the built-in frontend reads this file), and build
+# arguments for the base image, the package index and a certificate authority to trust while
+# building (docs/deployment.md, "Building behind a proxy or without Docker Hub"):
+#
+#   PYTHON_IMAGE   the base of both stages (below)
+#   PIP_INDEX_URL  the index pip installs from (default PyPI), for instance a mirror or a proxy
+#   EXTRA_CA_CERT  PEM text of certificate authorities to trust beside the base's own, for a
+#                  proxy that re-signs TLS: --build-arg EXTRA_CA_CERT="$(cat corp-ca.pem)"
+#
+# The last two apply to the build stages only: the runtime stage copies the venv and the models
+# out of them and never sees the index URL, the certificate or the pip configuration.
+
 # The base is pinned by its full tag (Python patch release and Debian release), not by digest: the
 # tag is rebuilt by Docker Official Images with Debian security fixes, which a digest would freeze
 # out, and its contents (CPython 3.11.15 on Debian 12, glibc 2.36 >= the manylinux_2_28 that
 # onnxruntime-gpu needs) are what this file relies on. For bit-for-bit reproducible release builds
 # pass `--build-arg PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:<digest>` (digest from
-# `docker buildx imagetools inspect`) and let a bot bump it.
+# `docker buildx imagetools inspect`) and let a bot bump it. Any other base must be Debian-like
+# with CPython 3.11 as `python` and the ca-certificates bundle (LD_LIBRARY_PATH below names
+# python3.11); both stages use the same one, since the venv is copied from one to the other.
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS builder
+# build-env: pip's settings for the build, alone in a stage so that they can be checked alone.
+FROM ${PYTHON_IMAGE} AS build-env
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG EXTRA_CA_CERT=
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
+
+# /etc/pip.conf (read by every pip of the later build stages, the venv's too) names the index (an
+# empty PIP_INDEX_URL means PyPI) and the bundle of certificate authorities: the base's own, plus
+# EXTRA_CA_CERT when given.
+RUN set -eu; \
+    bundle=/etc/ssl/build-ca-bundle.pem; \
+    cat /etc/ssl/certs/ca-certificates.crt > "$bundle"; \
+    if [ -n "$EXTRA_CA_CERT" ]; then printf '%s\n' "$EXTRA_CA_CERT" >> "$bundle"; fi; \
+    printf '[global]\nindex-url = %s\ncert = %s\n' \
+        "${PIP_INDEX_URL:-https://pypi.org/simple}" "$bundle" > /etc/pip.conf
+
+# ---------------------------------------------------------------------------------------------
+FROM build-env AS builder
 
 WORKDIR /src
 # Only what the wheel is built from (pyproject names README.md as the long description).

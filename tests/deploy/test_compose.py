@@ -1,7 +1,8 @@
 """The Compose files against the Compose Specification's JSON schema (check-jsonschema's vendored
 copy), alone and merged as `docker compose -f ... config` would merge them, the nginx
 configuration of the scaled variant through crossplane (nginx's own parser, in Python), and what
-the files must say (issue 6). No Docker engine or Compose plugin is needed."""
+the files must say. No Docker engine or Compose plugin is needed (the stacks run for real in
+test_container_stack.py and test_container_failover.py)."""
 
 from __future__ import annotations
 
@@ -154,6 +155,40 @@ def test_healthcheck_waits_for_readiness_and_restart_policy() -> None:
     go_seconds(svc["stop_grace_period"])
 
 
+def test_build_arguments_are_the_dockerfiles() -> None:
+    """The build arguments Compose passes exist in the Dockerfile, and with nothing set in the
+    shell they are its defaults (so `docker compose build` and `make image` build the same)."""
+    global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
+    declared = dict(global_args)
+    for stage in stages:
+        for inst in stage.all("ARG"):
+            key, _, default = inst.args.partition("=")
+            declared.setdefault(key.strip(), default.strip())
+    args = service("gpu")["build"]["args"]
+    assert set(args) <= set(declared), set(args) - set(declared)
+    for key in ("PYTHON_IMAGE", "PIP_INDEX_URL", "EXTRA_CA_CERT"):
+        assert args[key] == declared[key], key
+    # Each comes from a VERYDEEP_-prefixed variable, never from pip's own PIP_INDEX_URL of the
+    # shell (which may name an index on the host's localhost, out of the build's reach).
+    raw = load_compose(COMPOSE)["services"]["verydeep"]["build"]["args"]
+    for key in ("PYTHON_IMAGE", "PIP_INDEX_URL", "EXTRA_CA_CERT"):
+        assert raw[key].startswith(f"${{VERYDEEP_{key}:-"), raw[key]
+    custom = config("gpu", {"VERYDEEP_PIP_INDEX_URL": "https://mirror.example/simple"})
+    assert custom["services"]["verydeep"]["build"]["args"]["PIP_INDEX_URL"] == (
+        "https://mirror.example/simple"
+    )
+
+
+def test_health_checks_turn_healthy_within_a_second_or_two() -> None:
+    """Until their first success, both health checks run every second (start_interval, Docker
+    Engine 25 or newer), so that a replica gets traffic soon after it is ready and the stack is
+    up in seconds rather than after a first 15 s interval."""
+    for name in ("verydeep", "proxy"):
+        check = service("scale", name)["healthcheck"]
+        assert go_seconds(check["start_interval"]) <= 1, name
+        assert go_seconds(check["start_period"]) >= 10, name
+
+
 def test_hardening() -> None:
     svc = service("gpu")
     assert svc["read_only"] is True and "/tmp" in svc["tmpfs"]
@@ -248,8 +283,8 @@ def test_nginx_config_parses_and_fits_the_service() -> None:
     (listen,) = _find(directives, "listen")
     proxy = service("scale", "proxy")
     assert proxy["ports"][0].split(":")[-1] == listen["args"][0]
-    (proxy_pass,) = _find(directives, "proxy_pass")
-    assert proxy_pass["args"] == [f"http://{upstream['args'][0]}"]
+    passes = _find(directives, "proxy_pass")  # the location and its second pass (@retry)
+    assert passes and all(p["args"] == [f"http://{upstream['args'][0]}"] for p in passes)
 
     # Uploads the service accepts must get through, so that it answers too-large ones with its
     # own JSON 413; a slow request must end with the service's 504, not the proxy's.
@@ -266,6 +301,46 @@ def test_nginx_config_parses_and_fits_the_service() -> None:
     assert read_timeout > request_timeout
     retry = _find(directives, "proxy_next_upstream")[0]["args"]
     assert "http_503" in retry and "non_idempotent" in retry
+
+
+def _location(directives: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    (found,) = [d for d in _find(directives, "location") if d["args"][-1] == name]
+    return found["block"]
+
+
+def test_nginx_fails_over_without_losing_a_request() -> None:
+    """What the container test of the failover (test_container_failover.py) relies on, read
+    statically: retries of every kind of failure, short connect timeout, a failed replica left
+    alone briefly, re-resolution faster than that, keep-alive shorter than uvicorn's, a second
+    pass when nginx runs out of replicas, and a 503 with Retry-After as the last word."""
+    import inspect
+
+    import uvicorn
+
+    directives = _nginx_directives()
+    retry = _find(directives, "proxy_next_upstream")[0]["args"]
+    assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(retry)
+    assert go_seconds(_find(directives, "proxy_connect_timeout")[0]["args"][0]) <= 1
+    (upstream,) = _find(directives, "upstream")
+    (server,) = _find(upstream["block"], "server")
+    options = dict(a.split("=", 1) for a in server["args"] if "=" in a)
+    assert options["max_fails"] == "1"
+    valid = next(a for a in _find(directives, "resolver")[0]["args"] if a.startswith("valid="))
+    assert go_seconds(valid.split("=")[1]) <= go_seconds(options["fail_timeout"])
+    keepalive = go_seconds(_find(upstream["block"], "keepalive_timeout")[0]["args"][0])
+    uvicorn_keepalive = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+    assert keepalive < uvicorn_keepalive
+
+    main = _location(directives, "/")
+    assert ["502", "=", "@retry"] in [d["args"] for d in _find(main, "error_page")]
+    second = _location(directives, "@retry")
+    assert _find(second, "proxy_pass")[0]["args"] == _find(main, "proxy_pass")[0]["args"]
+    assert ["502", "=", "@unavailable"] in [d["args"] for d in _find(second, "error_page")]
+    assert _find(directives, "recursive_error_pages")[0]["args"] == ["on"]
+    last = _location(directives, "@unavailable")
+    assert _find(last, "add_header")[0]["args"] == ["Retry-After", "1", "always"]
+    (answer,) = _find(last, "return")
+    assert answer["args"][0] == "503" and '"code": "unavailable"' in answer["args"][1]
 
 
 def test_nginx_check_is_live(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The Dockerfile, its build context and the helpers it copies into the image, checked without a
-Docker engine: hadolint, then what the file must say (SPEC §1 and §6, issue 6)."""
+Docker engine: hadolint, then what the file must say (docs/deployment.md). The image built for
+real is in test_container_image.py."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from tests.deploy.support import (
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 GLOBAL_ARGS, STAGES = parse_dockerfile(DOCKERFILE.read_text())
-BUILDER, RUNTIME = STAGES[0], STAGES[-1]
+BY_NAME = {s.name: s for s in STAGES}
+BUILD_ENV, BUILDER, RUNTIME = BY_NAME["build-env"], BY_NAME["builder"], STAGES[-1]
 
 
 def _stage_args(stage: Stage) -> dict[str, str]:
@@ -72,14 +74,46 @@ def test_hadolint_is_live(tmp_path: Path) -> None:
 
 
 def test_multi_stage_on_one_pinned_base() -> None:
-    assert [s.name for s in STAGES] == ["builder", "runtime"]
+    assert [s.name for s in STAGES] == ["build-env", "builder", "runtime"]
     base = GLOBAL_ARGS["PYTHON_IMAGE"]
     # A full tag: Python patch release and Debian release, never :latest or a bare minor.
     assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+", base), base
-    assert all(substitute(s.base, GLOBAL_ARGS) == base for s in STAGES)
+    # The build stages and the runtime on the one base argument (the venv moves between them).
+    assert BUILD_ENV.base == RUNTIME.base == "${PYTHON_IMAGE}"
+    assert BUILDER.base == "build-env"
+    assert substitute(RUNTIME.base, GLOBAL_ARGS) == base
     python = re.match(r"python:(\d+\.\d+)", base).group(1)  # type: ignore[union-attr]
     requires = PYPROJECT["project"]["requires-python"]
     assert requires == ">=3.11" and tuple(map(int, python.split("."))) >= (3, 11)
+
+
+def test_builds_with_nothing_but_the_package_index() -> None:
+    """No parser directive that makes BuildKit fetch a frontend image (`# syntax=`) and the base
+    image, the index and an extra CA as build arguments."""
+    head = []
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        head.append(line)
+    directives = [ln for ln in head if re.match(r"#\s*\w+\s*=", ln)]
+    assert not directives, directives
+    assert "PYTHON_IMAGE" in GLOBAL_ARGS
+    args = _stage_args(BUILD_ENV)
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    assert args["EXTRA_CA_CERT"] == ""
+    (setup,) = BUILD_ENV.all("RUN")
+    assert "/etc/pip.conf" in setup.args and "$EXTRA_CA_CERT" in setup.args
+    assert "${PIP_INDEX_URL:-https://pypi.org/simple}" in setup.args
+
+
+def test_index_and_ca_settings_stay_out_of_the_runtime() -> None:
+    """The runtime stage neither declares the index arguments nor copies from build-env, and
+    copies from the builder only the venv and the models (not /etc)."""
+    declared = {i.args.partition("=")[0].strip() for i in RUNTIME.all("ARG")}
+    assert not declared & {"PIP_INDEX_URL", "EXTRA_CA_CERT"}
+    assert not [k for k in RUNTIME.env() if k.startswith("PIP_") or "CERT" in k]
+    assert not [i for i in RUNTIME.all("COPY") if "--from=build-env" in i.args]
+    assert BUILDER.all("ARG") == [a for a in BUILDER.all("ARG") if "VERYDEEP_EXTRAS" in a.args]
 
 
 def test_builder_builds_the_project_wheel_and_a_venv() -> None:

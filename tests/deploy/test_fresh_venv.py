@@ -290,7 +290,8 @@ def test_cuda_extra_provides_what_the_image_checks(wheel: Path, tmp_path: Path) 
     fresh venv, then the image's own check with the Dockerfile's LD_LIBRARY_PATH (its /opt/venv
     replaced by this venv). Downloads about 2 GB of NVIDIA wheels."""
     global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
-    builder, runtime = stages[0], stages[-1]
+    builder = next(s for s in stages if s.name == "builder")
+    runtime = stages[-1]
     extras = next(
         i.args.partition("=")[2] for i in builder.all("ARG") if i.args.startswith("VERYDEEP_EXTRAS")
     )

@@ -228,3 +228,41 @@ def test_pvc_overlay_mounts_the_claim_read_only_over_the_baked_store() -> None:
     assert source["claimName"] == claim["metadata"]["name"] and source["readOnly"] is True
     assert "ReadWriteMany" in claim["spec"]["accessModes"]  # shared, and fillable
     assert by_kind(objects, "ConfigMap")["data"]["VERYDEEP_MODEL_STORE"] == "/models"
+
+
+# --- failover (the reasoning of test_container_failover.py, for a cluster) ---------------------
+
+
+def test_termination_outlasts_pre_stop_and_the_graceful_shutdown(
+    base: list[dict[str, Any]],
+) -> None:
+    """Endpoints drop a terminating pod asynchronously: preStop keeps it serving meanwhile, then
+    SIGTERM drains within VERYDEEP_SHUTDOWN_TIMEOUT; the kubelet's SIGKILL must come after both."""
+    container = _container(base)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    assert pre_stop >= 5  # kube-proxy and Ingress controllers take a few seconds
+    data = by_kind(base, "ConfigMap")["data"]
+    if "VERYDEEP_SHUTDOWN_TIMEOUT" in data:
+        shutdown = float(data["VERYDEEP_SHUTDOWN_TIMEOUT"])
+    else:
+        settings = pytest.importorskip("service.settings", reason="the service's settings module")
+        shutdown = settings.Settings.model_fields["shutdown_timeout"].default
+    grace = _pod(base)["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= pre_stop + shutdown + 5, (grace, pre_stop, shutdown)
+
+
+def test_rollouts_keep_ready_pods_serving(base: list[dict[str, Any]]) -> None:
+    """One pod at a time is replaced, a new one only counts once it has been ready a while, and
+    readiness follows /readyz closely enough that pods join and leave in seconds."""
+    deployment = by_kind(base, "Deployment")
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert deployment["spec"]["replicas"] >= 2  # one left serving while one is replaced
+    readiness = _container(base)["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 10
+    assert readiness["timeoutSeconds"] <= readiness["periodSeconds"]
+    assert deployment["spec"]["minReadySeconds"] >= readiness["periodSeconds"]
+    assert by_kind(base, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
