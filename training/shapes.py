@@ -7,8 +7,15 @@ of the class shapes), and may be crossed by a line. Everything is drawn from
 ``numpy.random.default_rng([seed, class_index, image_index])``, so an image depends only on the
 seed, its class and its index: the same seed writes the same files, in any order, in parallel.
 
-``write_shapes(dir, per_class, seed)`` writes an ImageFolder layout (``dir/<class>/*.jpg``).
-This module needs no torch (Pillow and numpy only).
+``CLASSES`` are the 8 classes of the demo models; ``NEW_CLASSES`` are other kinds of shape, never
+seen by them, rendered in the same style, for transfer (docs/evaluation.md, "Transfer"). A class's
+index in ``ALL_CLASSES`` (the demo classes first, so theirs are unchanged) seeds its images, so an
+image does not depend on which other classes are written beside it.
+
+``write_shapes(dir, per_class, seed, classes=...)`` writes an ImageFolder layout
+(``dir/<class>/*.jpg``) and ``dir/annotations.json``: each image's shape's tight box in the file's
+pixels, ``[x0, y0, x1, y1]`` with x1 and y1 exclusive, its outline included. This module needs no
+torch (Pillow and numpy only).
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +45,24 @@ CLASSES: tuple[str, ...] = (
     "star",
     "triangle",
 )
+# Shapes the demo models never saw (none is a demo shape rotated or stretched a little).
+NEW_CLASSES: tuple[str, ...] = (
+    "arrow",
+    "crescent",
+    "diamond",
+    "ellipse",
+    "octagon",
+    "pentagon",
+    "semicircle",
+    "trapezoid",
+)
+ALL_CLASSES: tuple[str, ...] = CLASSES + NEW_CLASSES  # the index seeds the images: append only
 MIN_SIDE = 240
 MAX_SIDE = 480
 JPEG_QUALITY = 92
 SUPERSAMPLE = 4  # the shape's mask is drawn at 4x and downsampled: antialiased edges
 DONE_FILE = "shapes.json"  # written last: a folder without it is incomplete
+ANNOTATIONS_FILE = "annotations.json"
 
 
 def _regular_polygon(n: int, phase: float = 0.0) -> np.ndarray:
@@ -91,6 +112,35 @@ def _shape_outlines(name: str, rng: np.random.Generator) -> tuple[list[np.ndarra
         return [_cross(rng.uniform(0.3, 0.45))], [True]
     if name == "heart":
         return [_heart()], [True]
+    # New kinds. Each outline stays within radius 1.13, so that with the aspect (up to 1.15) it
+    # fits the mask's square of side 2.6 x radius.
+    if name == "pentagon":
+        return [_regular_polygon(5, -np.pi / 2) * 1.05 + (0, 0.1)], [True]
+    if name == "octagon":
+        return [_regular_polygon(8, np.pi / 8) * 1.05], [True]
+    if name == "diamond":  # a rhombus, far narrower than a square
+        half_width = rng.uniform(0.5, 0.65)
+        return [np.array([(0, -1.1), (half_width, 0), (0, 1.1), (-half_width, 0)])], [True]
+    if name == "ellipse":  # far flatter than a stretched circle
+        return [_regular_polygon(128) * (1.1, rng.uniform(0.45, 0.62))], [True]
+    if name == "crescent":  # a disc with an offset disc cut out of it
+        cut = rng.uniform(0.8, 0.95)
+        offset = rng.uniform(0.4, 0.55)
+        return [_regular_polygon(128), cut * _regular_polygon(128) + (offset, 0)], [True, False]
+    if name == "arrow":
+        shaft, head, neck = rng.uniform(0.16, 0.26), rng.uniform(0.55, 0.7), rng.uniform(0.1, 0.35)
+        return [
+            np.array(
+                [(-1.1, -shaft), (neck, -shaft), (neck, -head), (1.1, 0),
+                 (neck, head), (neck, shaft), (-1.1, shaft)]
+            )
+        ], [True]  # fmt: skip
+    if name == "semicircle":
+        t = np.linspace(0, np.pi, 65)
+        return [np.stack([np.cos(t), -np.sin(t)], axis=1) + (0, 0.4)], [True]
+    if name == "trapezoid":
+        top = rng.uniform(0.35, 0.6)
+        return [np.array([(-0.95, 0.55), (0.95, 0.55), (top, -0.55), (-top, -0.55)])], [True]
     raise ValueError(f"unknown shape class {name!r}")
 
 
@@ -184,10 +234,40 @@ def _position(rng: np.random.Generator, side: int, radius: float) -> int:
     return int(round(rng.uniform(low, high)))
 
 
+@dataclass(frozen=True)
+class _Paint:
+    """How the shape is coloured: its fill, an optional outline (filter size, colour) and an
+    optional linear shading (angle, strength)."""
+
+    colour: tuple[int, int, int]
+    outline: tuple[int, tuple[int, int, int]] | None
+    shading: tuple[float, float] | None
+
+
+def _paint(rng: np.random.Generator, region: np.ndarray) -> _Paint:
+    colour = _shape_colour(rng, region)
+    outline = None
+    if rng.random() < 0.35:  # a contrasting outline
+        outline = (2 * int(rng.integers(1, 3)) + 1, _colour(rng))
+    shading = None
+    if rng.random() < 0.4:  # shading across the shape
+        angle = rng.uniform(0, 2 * np.pi)
+        shading = (angle, rng.uniform(0.2, 0.6))
+    return _Paint(colour, outline, shading)
+
+
 def render_shape(
     name: str, rng: np.random.Generator, size: tuple[int, int] | None = None
 ) -> Image.Image:
     """One RGB image of class ``name``; ``size`` = (width, height) or random in 240..480."""
+    return render_annotated(name, rng, size)[0]
+
+
+def render_annotated(
+    name: str, rng: np.random.Generator, size: tuple[int, int] | None = None
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """``render_shape``'s image and the shape's tight box ``(x0, y0, x1, y1)`` in its pixels
+    (x1, y1 exclusive): every pixel the shape or its outline covers, however little."""
     if size is None:
         width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     else:
@@ -206,18 +286,20 @@ def render_shape(
     cy = _position(rng, height, radius)
     box = (cx - side // 2, cy - side // 2)
     region = np.asarray(image.crop((box[0], box[1], box[0] + side, box[1] + side)))
-    colour = _shape_colour(rng, region)
-    if rng.random() < 0.35:  # a contrasting outline
-        edge = mask.filter(ImageFilter.MaxFilter(2 * int(rng.integers(1, 3)) + 1))
-        image.paste(_colour(rng), box, edge)
-    fill = Image.new("RGB", (side, side), colour)
-    if rng.random() < 0.4:  # shading across the shape
-        angle = rng.uniform(0, 2 * np.pi)
+    paint = _paint(rng, region)
+    covered = mask
+    if paint.outline is not None:
+        covered = mask.filter(ImageFilter.MaxFilter(paint.outline[0]))
+        image.paste(paint.outline[1], box, covered)
+    fill = Image.new("RGB", (side, side), paint.colour)
+    if paint.shading is not None:
+        angle, strength = paint.shading
         yy, xx = np.mgrid[0:side, 0:side] / max(side - 1, 1) - 0.5
-        shade = 1 + rng.uniform(0.2, 0.6) * (np.cos(angle) * xx + np.sin(angle) * yy)
+        shade = 1 + strength * (np.cos(angle) * xx + np.sin(angle) * yy)
         arr = np.asarray(fill, float) * shade[..., None]
         fill = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     image.paste(fill, box, mask)
+    tight = _tight_box(covered, box, width, height)
 
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.25 else 0):  # occluding lines
@@ -229,7 +311,20 @@ def render_shape(
     if noise_std > 1:
         arr = np.asarray(image, float) + rng.normal(0, noise_std, size=(height, width, 3))
         image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    return image
+    return image, tight
+
+
+def _tight_box(
+    covered: Image.Image, offset: tuple[int, int], width: int, height: int
+) -> tuple[int, int, int, int]:
+    """The bounding box of the non-zero pixels of ``covered`` pasted at ``offset``, clipped to
+    the image."""
+    full = Image.new("L", (width, height), 0)
+    full.paste(covered, offset)
+    bbox = full.getbbox()
+    if bbox is None:  # cannot happen: the shape's centre is always inside the image
+        raise RuntimeError("the shape fell outside the image")
+    return bbox
 
 
 def image_rng(seed: int, class_index: int, index: int) -> np.random.Generator:
@@ -237,34 +332,73 @@ def image_rng(seed: int, class_index: int, index: int) -> np.random.Generator:
 
 
 def shape_image(seed: int, class_index: int, index: int) -> Image.Image:
-    """Image ``index`` of class ``CLASSES[class_index]`` for ``seed``: the same every time."""
-    return render_shape(CLASSES[class_index], image_rng(seed, class_index, index))
+    """Image ``index`` of class ``ALL_CLASSES[class_index]`` for ``seed``: the same every time
+    (indices below 8 are the demo ``CLASSES``)."""
+    return render_shape(ALL_CLASSES[class_index], image_rng(seed, class_index, index))
+
+
+def annotated_image(
+    seed: int, class_index: int, index: int
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """``shape_image`` and its shape's tight box (see ``render_annotated``)."""
+    return render_annotated(ALL_CLASSES[class_index], image_rng(seed, class_index, index))
+
+
+def select_classes(classes: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The classes named (a sequence or a comma list), sorted as ImageFolder indexes them;
+    ``None``: the 8 demo ``CLASSES``. Unknown names are a ``ValueError`` listing the known ones."""
+    if classes is None:
+        return CLASSES
+    names = classes.split(",") if isinstance(classes, str) else list(classes)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in ALL_CLASSES]
+    if unknown:
+        raise ValueError(
+            f"unknown shape class{'es' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(n) for n in unknown)}; known: {', '.join(sorted(ALL_CLASSES))} "
+            f"(never seen by the demo models: {', '.join(NEW_CLASSES)})"
+        )
+    if not names:
+        raise ValueError("no classes named; known: " + ", ".join(sorted(ALL_CLASSES)))
+    return tuple(sorted(set(names)))
 
 
 def _file_name(name: str, index: int) -> str:
     return f"{name}_{index:05d}.jpg"
 
 
-def _write_one(job: tuple[str, int, int, int]) -> None:
+def _write_one(job: tuple[str, int, int, int]) -> dict:
     root, seed, class_index, index = job
-    name = CLASSES[class_index]
-    path = Path(root) / name / _file_name(name, index)
-    shape_image(seed, class_index, index).save(path, quality=JPEG_QUALITY)
+    name = ALL_CLASSES[class_index]
+    file = f"{name}/{_file_name(name, index)}"
+    image, box = annotated_image(seed, class_index, index)
+    image.save(Path(root) / file, quality=JPEG_QUALITY)
+    return {"file": file, "label": name, "box": list(box)}
 
 
-def _jobs(root: Path, per_class: int, seed: int) -> Iterator[tuple[str, int, int, int]]:
+def _jobs(
+    root: Path, per_class: int, seed: int, classes: Sequence[str]
+) -> Iterator[tuple[str, int, int, int]]:
     for index in range(per_class):
-        for class_index in range(len(CLASSES)):
-            yield str(root), seed, class_index, index
+        for name in classes:
+            yield str(root), seed, ALL_CLASSES.index(name), index
 
 
-def is_complete(root: str | Path, per_class: int, seed: int) -> bool:
-    """True when ``root`` holds a finished ``write_shapes(root, per_class, seed)``."""
+def is_complete(
+    root: str | Path, per_class: int, seed: int, classes: Sequence[str] | str | None = None
+) -> bool:
+    """True when ``root`` holds a finished ``write_shapes(root, per_class, seed, classes)``
+    (with its ``annotations.json``: folders written before it are not complete)."""
     try:
         meta = json.loads((Path(root) / DONE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("per_class") == per_class and meta.get("seed") == seed
+    return (
+        meta.get("per_class") == per_class
+        and meta.get("seed") == seed
+        and meta.get("classes") == list(select_classes(classes))
+        and (Path(root) / ANNOTATIONS_FILE).is_file()
+    )
 
 
 def _check_replaceable(root: Path, overwrite: bool) -> None:
@@ -284,43 +418,52 @@ def write_shapes(
     per_class: int,
     seed: int,
     *,
+    classes: Sequence[str] | str | None = None,
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``per_class`` images of each class to ``root/<class>/`` (ImageFolder layout).
+    """Write ``per_class`` images of each class to ``root/<class>/`` (ImageFolder layout) and
+    their boxes to ``root/annotations.json``.
 
-    Files are written into a temporary sibling folder that is renamed into place at the end, so
-    an interrupted run never leaves a half-written dataset at ``root``. ``root`` must not exist
-    or be empty; with ``overwrite`` it may also hold an earlier shapes folder, which is replaced.
-    Any other folder is never deleted.
+    ``classes``: names from ``ALL_CLASSES`` (default: the 8 demo ``CLASSES``). Files are written
+    into a temporary sibling folder that is renamed into place at the end, so an interrupted run
+    never leaves a half-written dataset at ``root``. ``root`` must not exist or be empty; with
+    ``overwrite`` it may also hold an earlier shapes folder, which is replaced. Any other folder
+    is never deleted.
     """
     root = Path(root)
     if per_class < 1:
         raise ValueError("per_class must be >= 1")
+    names = select_classes(classes)
     _check_replaceable(root, overwrite)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for name in CLASSES:
+    for name in names:
         (tmp / name).mkdir(parents=True)
-    jobs = list(_jobs(tmp, per_class, seed))
+    jobs = list(_jobs(tmp, per_class, seed, names))
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     bar = progress_bar(total=len(jobs), desc=f"shapes seed {seed}", unit="img", enabled=progress)
+    records = []
     try:
         if workers <= 1:
             for job in jobs:
-                _write_one(job)
+                records.append(_write_one(job))
                 bar.update()
         else:
             with ProcessPoolExecutor(workers) as pool:
-                for _ in pool.map(_write_one, jobs, chunksize=16):
+                for record in pool.map(_write_one, jobs, chunksize=16):
+                    records.append(record)
                     bar.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
-    meta = {"dataset": "shapes", "classes": list(CLASSES), "per_class": per_class, "seed": seed}
+    records.sort(key=lambda r: r["file"])
+    lines = ",\n".join(f"  {json.dumps(r)}" for r in records)  # one image a line
+    (tmp / ANNOTATIONS_FILE).write_text(f'{{"images": [\n{lines}\n]}}\n')
+    meta = {"dataset": "shapes", "classes": list(names), "per_class": per_class, "seed": seed}
     (tmp / DONE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if root.exists():
         shutil.rmtree(root)
