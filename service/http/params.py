@@ -49,6 +49,19 @@ class ClassifyParams:
         return self.top_k
 
 
+ModelQuery = Annotated[
+    str | None, Query(description="model name, ensemble name, or comma-separated model names")
+]
+ScalesQuery = Annotated[
+    str | None,
+    Query(
+        description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
+        "(default: each model's test_scales)",
+        examples=["256,384,512"],
+    ),
+]
+
+
 def app_settings(request: Request) -> Settings:
     return request.app.state.service.settings
 
@@ -56,18 +69,8 @@ def app_settings(request: Request) -> Settings:
 def classify_params(
     request: Request,
     settings: Annotated[Settings, Depends(app_settings)],
-    model: Annotated[
-        str | None,
-        Query(description="model name, ensemble name, or comma-separated model names"),
-    ] = None,
-    scales: Annotated[
-        str | None,
-        Query(
-            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
-            "(default: each model's test_scales)",
-            examples=["256,384,512"],
-        ),
-    ] = None,
+    model: ModelQuery = None,
+    scales: ScalesQuery = None,
     flip: Annotated[bool, Query(description="add the horizontally flipped views")] = True,
     method: Annotated[Method, Query(description="dense, multicrop or combined")] = "dense",
     top_k: Annotated[
@@ -129,18 +132,8 @@ class FeaturesParams:
 def features_params(
     request: Request,
     settings: Annotated[Settings, Depends(app_settings)],
-    model: Annotated[
-        str | None,
-        Query(description="model name, ensemble name, or comma-separated model names"),
-    ] = None,
-    scales: Annotated[
-        str | None,
-        Query(
-            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
-            "(default: each model's test_scales)",
-            examples=["256,384,512"],
-        ),
-    ] = None,
+    model: ModelQuery = None,
+    scales: ScalesQuery = None,
     flip: Annotated[bool, Query(description="average each scale with its mirror")] = True,
     pool: Annotated[
         Pool,
