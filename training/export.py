@@ -75,10 +75,10 @@ class SizeCheck:
 class _ScoresAndFeatures(nn.Module):
     """What is traced: ``fcn``'s forward with fc7's ReLU output as a second output. It holds the
     net's ``features`` and ``head`` under their own names, so the graph's ops and names are those
-    of the scores-only export; the fc7 ReLU's output tensor is merely named ``features``.
-    onnxruntime computes only what the requested outputs need, and that ReLU lies on the path to
-    ``scores``, so asking for ``scores`` alone costs what it did before (docs/training.md, "The
-    features output")."""
+    of the scores-only export; the fc7 ReLU's output tensor (fc8's input) is merely named
+    ``features``. onnxruntime runs every node of a graph whichever outputs are asked for, so with
+    the same nodes, asking for ``scores`` alone costs what it did before (docs/training.md, "The
+    features output", with the measurement)."""
 
     def __init__(self, fcn: FullyConvVGG) -> None:
         super().__init__()
