@@ -175,7 +175,8 @@ def bare_pixels_per_s(ctx: Context, entry) -> dict:
 def stream_figure(choice: str, clients: int, mixed: dict, alone: dict) -> Figure:
     return Figure(
         benchmark=NAME,
-        label=f"photo stream, 18 sizes, Q={choice}, flip, {clients} client(s)",
+        label=f"photo stream, {len(images.STREAM_SIZES)} sizes, Q={choice}, flip, "
+        f"{clients} client(s)",
         value=mixed["images_per_s"],
         unit="images/s",
         peer_label=f"one size ({SINGLE[0]}x{SINGLE[1]})",
