@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed-all
 
-.PHONY: install serve browser test test-slow lint format bench bench-full bench-gpu demo image image-cpu clean
+.PHONY: install serve browser test test-slow lint format bench bench-full bench-gpu demo image image-cpu image-test clean
 
 $(BIN)/python:
 	@echo "==> creating $(VENV) with $(PYTHON), then upgrading pip"
@@ -77,6 +77,27 @@ image:
 
 image-cpu:
 	docker build --build-arg VERYDEEP_EXTRAS= -t verydeep:0.1.0-cpu .
+
+# The container tests on purpose (tests/deploy/test_container_*.py, marker `container`; `make test`
+# runs them too where `docker info` answers): build the CPU image, run the Compose stacks, fail
+# replicas over behind nginx, then remove what they built (docs/deployment.md, "Container
+# tests"). Where no engine answers, CONTAINER_ENGINE starts one, with its stand-in base images.
+CONTAINER_ENGINE ?= ../shared/tools/container-engine.sh
+image-test: $(STAMP)
+	@if ! docker info >/dev/null 2>&1; then \
+	  if [ -x "$(CONTAINER_ENGINE)" ]; then \
+	    echo "==> no container engine answers: starting one with $(CONTAINER_ENGINE) up"; \
+	    $(CONTAINER_ENGINE) up; \
+	  else \
+	    echo "no container engine answers (docker info), and no $(CONTAINER_ENGINE) to start one" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@if [ -x "$(CONTAINER_ENGINE)" ] && $(CONTAINER_ENGINE) status >/dev/null 2>&1; then \
+	  echo "==> the stand-in base images (a few minutes the first time)"; \
+	  $(CONTAINER_ENGINE) base && $(CONTAINER_ENGINE) nginx; \
+	fi
+	$(BIN)/pytest -m container -rs tests/deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -321,6 +321,7 @@ def test_nginx_fails_over_without_losing_a_request() -> None:
     retry = _find(directives, "proxy_next_upstream")[0]["args"]
     assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(retry)
     assert go_seconds(_find(directives, "proxy_connect_timeout")[0]["args"][0]) <= 1
+    assert go_seconds(_find(directives, "proxy_next_upstream_timeout")[0]["args"][0]) <= 30
     (upstream,) = _find(directives, "upstream")
     (server,) = _find(upstream["block"], "server")
     options = dict(a.split("=", 1) for a in server["args"] if "=" in a)
@@ -332,10 +333,10 @@ def test_nginx_fails_over_without_losing_a_request() -> None:
     assert keepalive < uvicorn_keepalive
 
     main = _location(directives, "/")
-    assert ["502", "=", "@retry"] in [d["args"] for d in _find(main, "error_page")]
+    assert ["502", "504", "=", "@retry"] in [d["args"] for d in _find(main, "error_page")]
     second = _location(directives, "@retry")
     assert _find(second, "proxy_pass")[0]["args"] == _find(main, "proxy_pass")[0]["args"]
-    assert ["502", "=", "@unavailable"] in [d["args"] for d in _find(second, "error_page")]
+    assert ["502", "504", "=", "@unavailable"] in [d["args"] for d in _find(second, "error_page")]
     assert _find(directives, "recursive_error_pages")[0]["args"] == ["on"]
     last = _location(directives, "@unavailable")
     assert _find(last, "add_header")[0]["args"] == ["Retry-After", "1", "always"]
