@@ -87,7 +87,9 @@ class OnnxInfo(_Strict):
     opset: int = Field(ge=7)
     input: str = "image"
     output: str = "scores"
-    dtype: Literal["float32", "float16"] = "float32"
+    # int8: a statically quantised (QDQ) graph whose input and outputs stay float32
+    # (docs/training.md, "int8 export").
+    dtype: Literal["float32", "float16", "int8"] = "float32"
     # The second output, fc7's activations after its ReLU (docs/training.md, "The features
     # output"); None for entries exported before it existed, which keep loading and classifying.
     features: str | None = None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -337,6 +338,17 @@ def _store_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="float16 weights, input and output (half the size; for CUDA hosts)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="statically quantised int8 graph for CPU hosts, float32 input and output "
+        "(needs --calibration; docs/training.md, int8 export)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="images to calibrate --int8 on (at least 8 decodable; the first 32 are used)",
+    )
 
 
 def _scales(text: str) -> list[int]:
@@ -363,14 +375,15 @@ def _fail_cleanly(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def _export(args: argparse.Namespace) -> int:
     from training.export_checkpoint import export_checkpoint
 
-    entry = export_checkpoint(
-        args.checkpoint,
-        args.store,
-        args.name,
-        test_scales=args.test_scales,
-        overwrite=args.force,
-        dtype=_dtype(args),
-    )
+    with _int8_calibration(args):
+        entry = export_checkpoint(
+            args.checkpoint,
+            args.store,
+            args.name,
+            test_scales=args.test_scales,
+            overwrite=args.force,
+            dtype=_dtype(args),
+        )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
 
@@ -379,15 +392,16 @@ def _export(args: argparse.Namespace) -> int:
 def _import_torchvision(args: argparse.Namespace) -> int:
     from training.torchvision_import import import_torchvision
 
-    entry = import_torchvision(
-        args.arch,
-        args.store,
-        args.name,
-        weights=args.weights,
-        test_scales=args.test_scales,
-        overwrite=args.force,
-        dtype=_dtype(args),
-    )
+    with _int8_calibration(args):
+        entry = import_torchvision(
+            args.arch,
+            args.store,
+            args.name,
+            weights=args.weights,
+            test_scales=args.test_scales,
+            overwrite=args.force,
+            dtype=_dtype(args),
+        )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
 
@@ -474,4 +488,24 @@ def _make_shapes(args: argparse.Namespace) -> int:
 
 
 def _dtype(args: argparse.Namespace) -> str:
+    if args.int8:
+        return "int8"
     return "float16" if args.fp16 else "float32"
+
+
+@contextlib.contextmanager
+def _int8_calibration(args: argparse.Namespace) -> Iterator[None]:
+    """Checks --int8 against --fp16 and --calibration and hands the folder to the export."""
+    from training.errors import UserFacingError
+
+    if args.int8 and args.fp16:
+        raise UserFacingError("--int8 and --fp16 exclude each other")
+    if args.int8 != (args.calibration is not None):
+        raise UserFacingError("--int8 and --calibration DIR go together")
+    if not args.int8:
+        yield
+        return
+    from training.quantize import calibration_folder
+
+    with calibration_folder(args.calibration):
+        yield

@@ -35,6 +35,7 @@ from model_store import (
     TrainScale,
     sha256_file,
 )
+from training import quantize
 from training.errors import UserFacingError
 from training.fully_conv import FullyConvVGG, score_map_shape, to_fully_convolutional
 from training.vgg import VGG, count_parameters, weight_layers
@@ -50,6 +51,7 @@ VERIFY_SIZES: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 256, 320), 
 # Verification tolerance: ATOL + RTOL * max |reference score|, the reference being the float32
 # torch net, so a float16 export is held to what half precision can keep.
 RTOL = {"float32": 1e-3, "float16": 2e-2}
+# int8 is quantised from the verified float32 graph and checked against it (training/quantize.py).
 ATOL = {"float32": 1e-4, "float16": 1e-3}
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -211,17 +213,50 @@ def export_to_store(
     opset: int = DEFAULT_OPSET,
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
+    calibration: str | Path | None = None,
 ) -> StoreEntry:
-    """Convert ``model`` to fully-convolutional form, export, verify and write a store entry."""
+    """Convert ``model`` to fully-convolutional form, export, verify and write a store entry.
+
+    ``dtype="int8"`` quantises the verified float32 graph, calibrated on the images of
+    ``calibration`` (default: the folder of ``quantize.calibration_folder``), and checks it against
+    the float32 graph before writing (docs/training.md, "int8 export")."""
     if len(labels) != model.num_classes:
         raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
     store.entry_path(name)  # refuses a bad name before any work
     if (store.root / name).exists() and not overwrite:
         raise ExportError(f"entry {name!r} already exists in {store.root} (use --force)")
+    scales = test_scales or train_scale.default_test_scales()
+    int8_inputs = None
+    if dtype == "int8":
+        folder = calibration or quantize.current_calibration_folder()
+        if folder is None:
+            raise ExportError("int8 export needs a calibration folder (--calibration DIR)")
+        # Before the export's work: a folder with too few images is refused at once.
+        int8_inputs = quantize.calibration_inputs(folder, preprocessing, scales)
     fcn = to_fully_convolutional(model.eval())
     with tempfile.TemporaryDirectory(prefix="verydeep-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(fcn, onnx_path, opset=opset, dtype=dtype, verify_sizes=verify_sizes)
+        float_dtype = "float32" if dtype == "int8" else dtype
+        export_onnx(fcn, onnx_path, opset=opset, dtype=float_dtype, verify_sizes=verify_sizes)
+        if int8_inputs is not None:
+            float_path, onnx_path = onnx_path, Path(tmp) / "int8" / "model.onnx"
+            onnx_path.parent.mkdir()
+            check = quantize.quantize_verified(
+                float_path,
+                onnx_path,
+                *int8_inputs,
+                scales=scales,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
+                features_name=FEATURES_NAME,
+            )
+            metrics = {
+                **(metrics or {}),
+                "int8_calibration_images": check.images,
+                "int8_max_posterior_diff": round(check.max_posterior_diff, 6),
+                "int8_top1_agreement": check.top1_agreement,
+                "int8_reduce_range": check.reduce_range,
+            }
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             name=name,
@@ -232,7 +267,7 @@ def export_to_store(
             labels=list(labels),
             preprocessing=preprocessing,
             train_scale=train_scale,
-            test_scales=test_scales or train_scale.default_test_scales(),
+            test_scales=scales,
             onnx=OnnxInfo(
                 file="model.onnx",
                 sha256=sha256_file(onnx_path),

@@ -97,7 +97,9 @@ class Engine:
         self._input = onnx.input
         self._output = onnx.output
         self.features_output = onnx.features
-        self._dtype = np.dtype(onnx.dtype)
+        # An int8 graph is quantised inside; its input stays float32 (docs/serving.md, "int8
+        # models").
+        self._dtype = np.dtype("float32" if onnx.dtype == "int8" else onnx.dtype)
         self.max_batch = options.max_batch
         model_bytes, self.file_identity = _read_verified(entry)
         setup = sessions.session_setup(

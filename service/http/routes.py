@@ -16,6 +16,7 @@ from service.core.describe import FeaturesRequest, describe_bytes
 from service.core.errors import NotReady
 from service.core.gate import WorkGate
 from service.core.registry import Registry
+from service.core.sessions import model_int8_note
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
 from service.http.metrics import Metrics
@@ -223,7 +224,11 @@ async def list_models(request: Request) -> ModelsResponse:
     return ModelsResponse(
         default=registry.default,
         models=[
-            ModelInfo(**engine.manifest.summary(), provider=engine.provider)
+            ModelInfo(
+                **engine.manifest.summary(),
+                provider=engine.provider,
+                int8_note=model_int8_note(engine.manifest.onnx.dtype, engine.provider),
+            )
             for _, engine in sorted(registry.models.items())
         ],
         ensembles=[

@@ -109,6 +109,11 @@ class ModelInfo(BaseModel):
     onnx: OnnxInfo
     provenance: Provenance
     provider: str = Field(description="e.g. CUDAExecutionProvider or CPUExecutionProvider")
+    int8_note: str | None = Field(
+        default=None,
+        description="for an int8 model, when it runs slowly or loses accuracy here (a CPU "
+        "without VNNI) or is not measured (CUDA); null otherwise",
+    )
 
 
 class EnsembleInfo(BaseModel):
