@@ -339,7 +339,11 @@ def test_cuda_extra_provides_what_the_image_checks(wheel: Path, tmp_path: Path) 
 
 def _make_dry_run(checkout: Path, target: str) -> list[str]:
     """The commands `make -n TARGET` would run in ``checkout``."""
-    return _run(["make", "-n", target], cwd=checkout, timeout=60).stdout.splitlines()
+    # Under `make test` the outer make's MAKEFLAGS and MAKELEVEL would make this one print
+    # "Entering/Leaving directory" lines: a dry run of its own, as a user would type it.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    command = ["make", "--no-print-directory", "-n", target]
+    return _run(command, cwd=checkout, timeout=60, env=env).stdout.splitlines()
 
 
 def _installs(commands: list[str]) -> list[str]:
