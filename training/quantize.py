@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from model_store import Preprocessing
 from model_store.imaging import decode, rescale, to_input
@@ -84,7 +85,7 @@ def current_calibration_folder() -> Path | None:
     return _calibration.get()
 
 
-def calibration_images(folder: str | Path, max_scale: int) -> list[tuple[str, object]]:
+def calibration_images(folder: str | Path, max_scale: int) -> list[tuple[str, Image.Image]]:
     """Up to ``MAX_CALIBRATION_IMAGES`` decodable images of ``folder`` (recursively, sorted by
     path), decoded by the service's code; refuses a folder with fewer than
     ``MIN_CALIBRATION_IMAGES``."""
@@ -94,7 +95,7 @@ def calibration_images(folder: str | Path, max_scale: int) -> list[tuple[str, ob
     paths = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
-    images: list[tuple[str, object]] = []
+    images: list[tuple[str, Image.Image]] = []
     skipped = 0
     for path in paths:
         if len(images) == MAX_CALIBRATION_IMAGES:
