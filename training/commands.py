@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -375,15 +374,15 @@ def _fail_cleanly(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def _export(args: argparse.Namespace) -> int:
     from training.export_checkpoint import export_checkpoint
 
-    with _int8_calibration(args):
-        entry = export_checkpoint(
-            args.checkpoint,
-            args.store,
-            args.name,
-            test_scales=args.test_scales,
-            overwrite=args.force,
-            dtype=_dtype(args),
-        )
+    entry = export_checkpoint(
+        args.checkpoint,
+        args.store,
+        args.name,
+        test_scales=args.test_scales,
+        overwrite=args.force,
+        dtype=_dtype(args),
+        calibration=_calibration(args),
+    )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
 
@@ -392,16 +391,16 @@ def _export(args: argparse.Namespace) -> int:
 def _import_torchvision(args: argparse.Namespace) -> int:
     from training.torchvision_import import import_torchvision
 
-    with _int8_calibration(args):
-        entry = import_torchvision(
-            args.arch,
-            args.store,
-            args.name,
-            weights=args.weights,
-            test_scales=args.test_scales,
-            overwrite=args.force,
-            dtype=_dtype(args),
-        )
+    entry = import_torchvision(
+        args.arch,
+        args.store,
+        args.name,
+        weights=args.weights,
+        test_scales=args.test_scales,
+        overwrite=args.force,
+        dtype=_dtype(args),
+        calibration=_calibration(args),
+    )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0
 
@@ -493,19 +492,12 @@ def _dtype(args: argparse.Namespace) -> str:
     return "float16" if args.fp16 else "float32"
 
 
-@contextlib.contextmanager
-def _int8_calibration(args: argparse.Namespace) -> Iterator[None]:
-    """Checks --int8 against --fp16 and --calibration and hands the folder to the export."""
+def _calibration(args: argparse.Namespace) -> str | None:
+    """--int8's calibration folder, checked against --fp16 and --calibration."""
     from training.errors import UserFacingError
 
     if args.int8 and args.fp16:
         raise UserFacingError("--int8 and --fp16 exclude each other")
     if args.int8 != (args.calibration is not None):
         raise UserFacingError("--int8 and --calibration DIR go together")
-    if not args.int8:
-        yield
-        return
-    from training.quantize import calibration_folder
-
-    with calibration_folder(args.calibration):
-        yield
+    return args.calibration

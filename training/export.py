@@ -218,7 +218,7 @@ def export_to_store(
     """Convert ``model`` to fully-convolutional form, export, verify and write a store entry.
 
     ``dtype="int8"`` quantises the verified float32 graph, calibrated on the images of
-    ``calibration`` (default: the folder of ``quantize.calibration_folder``), and checks it against
+    ``calibration``, and checks it against
     the float32 graph before writing (docs/training.md, "int8 export")."""
     if len(labels) != model.num_classes:
         raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
@@ -228,7 +228,7 @@ def export_to_store(
     scales = test_scales or train_scale.default_test_scales()
     int8_inputs = None
     if dtype == "int8":
-        folder = calibration or quantize.current_calibration_folder()
+        folder = calibration
         if folder is None:
             raise ExportError("int8 export needs a calibration folder (--calibration DIR)")
         # Before the export's work: a folder with too few images is refused at once.

@@ -17,6 +17,7 @@ def export_checkpoint(
     test_scales: list[int] | None = None,
     overwrite: bool = False,
     dtype: str = "float32",
+    calibration: str | Path | None = None,
 ) -> StoreEntry:
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model()
@@ -33,4 +34,5 @@ def export_checkpoint(
         metrics=dict(checkpoint.training.get("metrics", {})),
         overwrite=overwrite,
         dtype=dtype,
+        calibration=calibration,
     )

@@ -13,11 +13,8 @@ then softmax); nothing is written when it disagrees by more than the tolerance b
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +23,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from model_store import Preprocessing
+from model_store.cpu import cpu_has_vnni
 from model_store.imaging import decode, rescale, to_input
-from service.core.sessions import cpu_has_vnni
 from training.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -49,10 +46,6 @@ MIN_TOP1_AGREEMENT = 0.95
 # its own top-1: a near-tie (a random-weight net's near-uniform posteriors) flips at any precision.
 TIE = 0.02
 
-_calibration: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "verydeep_int8_calibration", default=None
-)
-
 
 class QuantizationError(UserFacingError):
     """The int8 graph could not be calibrated or failed its check; nothing was written."""
@@ -68,21 +61,6 @@ class Int8Check:
     top1_agreement: float
     reduce_range: bool
     method: str
-
-
-@contextlib.contextmanager
-def calibration_folder(folder: str | Path) -> Iterator[None]:
-    """Within the block, a ``dtype="int8"`` export calibrates on ``folder`` (how ``verydeep
-    export --int8`` and ``import-torchvision --int8`` hand the folder to ``export_to_store``)."""
-    token = _calibration.set(Path(folder))
-    try:
-        yield
-    finally:
-        _calibration.reset(token)
-
-
-def current_calibration_folder() -> Path | None:
-    return _calibration.get()
 
 
 def calibration_images(folder: str | Path, max_scale: int) -> list[tuple[str, Image.Image]]:

@@ -167,6 +167,7 @@ def import_torchvision(
     test_scales: list[int] | None = None,
     overwrite: bool = False,
     dtype: str = "float32",
+    calibration: str | Path | None = None,
 ) -> StoreEntry:
     if arch not in WEIGHTS:
         raise WeightsError(f"unknown torchvision arch {arch!r}; choose one of {', '.join(WEIGHTS)}")
@@ -186,4 +187,5 @@ def import_torchvision(
         metrics={"torchvision_arch": arch, **meta["_metrics"]},
         overwrite=overwrite,
         dtype=dtype,
+        calibration=calibration,
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store import ModelStore, TrainScale
+from model_store import ModelStore, TrainScale, cpu
 from service.core import sessions
 from service.http.app import create_app
 from tests.conftest import TINY_LABELS, TINY_PREPROCESSING
@@ -58,7 +58,7 @@ def test_int8_model_serves_like_float32(
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
         assert models["q"]["onnx"]["dtype"] == "int8"
         assert models["q"]["provider"] == "CPUExecutionProvider"
-        assert models["q"]["int8_note"] == sessions.int8_note()
+        assert models["q"]["int8_note"] == cpu.int8_note()
         assert models["full"]["int8_note"] is None
         for seed in range(3):
             answers = {
@@ -79,13 +79,13 @@ def test_int8_model_serves_like_float32(
             for index, probability in full.items():
                 assert q[index] == pytest.approx(probability, abs=quantize.MAX_POSTERIOR_DIFF)
     notes = [r.getMessage() for r in caplog.records if "int8 model" in r.getMessage()]
-    assert len(notes) == (0 if sessions.int8_note() is None else 1)
+    assert len(notes) == (0 if cpu.int8_note() is None else 1)
 
 
 def test_model_int8_note() -> None:
     assert sessions.model_int8_note("float32", sessions.CPU) is None
     assert "not measured" in (sessions.model_int8_note("int8", sessions.CUDA) or "")
-    assert sessions.model_int8_note("int8", sessions.CPU) == sessions.int8_note()
+    assert sessions.model_int8_note("int8", sessions.CPU) == cpu.int8_note()
     no_vnni = "flags\t: fpu sse2 avx2 avx512f\n"
-    assert "no VNNI" in (sessions.int8_note(no_vnni) or "")
-    assert sessions.int8_note("flags\t: avx2 avx512_vnni\n") is None
+    assert "no VNNI" in (cpu.int8_note(no_vnni) or "")
+    assert cpu.int8_note("flags\t: avx2 avx512_vnni\n") is None

@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from model_store import ModelStore
+from model_store import ModelStore, cpu
 from model_store.imaging import decode, rescale, to_input
-from service.core import sessions
 from tests.training.test_export_command import write_checkpoint
 from training import quantize
 from verydeep.cli import main
@@ -108,7 +107,7 @@ def test_calibration_inputs_are_the_services_whole_images(shapes_data: tuple[Pat
 )
 def test_vnni_probe_parses_cpuinfo_flags(flags: str, vnni: bool) -> None:
     cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
-    assert sessions.cpu_has_vnni(cpuinfo) is vnni
-    assert (sessions.int8_note(cpuinfo) is None) is vnni
-    assert sessions.cpu_has_vnni("processor\t: 0\n") is False
-    assert "unknown" in (sessions.int8_note("processor\t: 0\n") or "")
+    assert cpu.cpu_has_vnni(cpuinfo) is vnni
+    assert (cpu.int8_note(cpuinfo) is None) is vnni
+    assert cpu.cpu_has_vnni("processor\t: 0\n") is False
+    assert "unknown" in (cpu.int8_note("processor\t: 0\n") or "")
