@@ -16,14 +16,12 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tests.deploy.support import COMPOSE, COMPOSE_SCALE, DOCKERFILE, REPO
 
@@ -34,6 +32,9 @@ TAG_PREFIX = "verydeep-test"
 
 # What the container tests measured, printed at the end of the run (conftest.py).
 FIGURES: dict[str, str] = {}
+# The IDs of the images this session built: a rebuild under the same tag (the sources changed
+# between two builds) leaves the previous one untagged, and it must go too.
+BUILT: set[str] = set()
 
 
 class DockerError(RuntimeError):
@@ -120,6 +121,10 @@ def size_mb(image: str) -> float:
     return int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
 
 
+def remember(image: str) -> None:
+    BUILT.add(docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip())
+
+
 def cleanup() -> list[str]:
     """Remove this session's containers and images, then unused build cache; what failed."""
     problems = []
@@ -135,9 +140,14 @@ def cleanup() -> list[str]:
         "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", TAG_PREFIX, check=False
     ).stdout.split()
     mine = [i for i in images if i.endswith(f"-{pid}")]
+    for image in mine:  # containers left by a test that failed half-way
+        for container in docker("ps", "-aq", "--filter", f"ancestor={image}").stdout.split():
+            docker("rm", "-f", container, check=False)
+    present = docker("image", "ls", "-q", "--no-trunc", check=False).stdout.split()
+    mine += [i for i in BUILT if i in present]
     if mine:
         result = docker("image", "rm", "-f", *mine, check=False, timeout=120)
-        if result.returncode:
+        if result.returncode and "No such image" not in result.stderr:
             problems.append(result.stderr.strip())
     docker("builder", "prune", "-f", check=False, timeout=300)
     return problems
@@ -172,24 +182,43 @@ def build(image: str, args: BuildArgs, *extra: str, timeout: float = 900) -> flo
     """``docker build`` of the project's Dockerfile; the seconds it took."""
     start = time.monotonic()
     docker("build", "--progress=plain", *args.flags(), *extra, "-t", image, ".", timeout=timeout)
-    return time.monotonic() - start
+    seconds = time.monotonic() - start
+    remember(image)
+    return seconds
 
 
-def exported_files(image: str) -> Iterator[tuple[str, IO[bytes]]]:
-    """Every regular file of ``image``'s filesystem (as ``docker export`` writes it)."""
-    container = docker("create", image).stdout.strip()
-    try:
-        proc = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.isfile():
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        yield member.name, handle
-        proc.wait(timeout=60)
-    finally:
-        docker("rm", "-f", container, check=False)
+_SEARCH = """
+import json, os, sys
+needle = os.environ["NEEDLE"].encode()
+found = []
+for top, dirs, files in os.walk("/"):
+    if top == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for name in files:
+        path = os.path.join(top, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        tail = b""
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                if needle in tail + chunk:
+                    found.append(path)
+                    break
+                tail = chunk[-len(needle):]
+print(json.dumps(found))
+"""
+
+
+def files_containing(image: str, needle: str) -> list[str]:
+    """Every file of ``image``'s filesystem in which ``needle`` occurs, searched as root in a
+    container without network. Not through `docker export` or `docker save`: with Engine 26 on
+    overlay2 both leave the image's layers behind in /var/lib/docker after it is removed."""
+    out = docker(
+        "run", "--rm", "--user", "0", "--network", "none", "--env", f"NEEDLE={needle}",
+        "--entrypoint", "python", image, "-c", _SEARCH,
+        timeout=300,
+    ).stdout  # fmt: skip
+    return json.loads(out)
 
 
 # --- Compose -----------------------------------------------------------------------------------

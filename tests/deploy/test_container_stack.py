@@ -35,6 +35,7 @@ def stack(
     try:
         start = time.monotonic()
         stack.compose("build", timeout=900)  # the layers of cpu_image: a cache hit
+        eng.remember(cpu_image)  # a new image when the sources changed since cpu_image
         eng.FIGURES["Compose build of the same image"] = (
             f"{time.monotonic() - start:.1f} s (a cache hit unless the sources changed meanwhile)"
         )
@@ -126,9 +127,11 @@ def test_stop_answers_every_request_in_flight(stack: eng.Stack, star: bytes) -> 
     four queued: all six are answered, and the server shuts down cleanly within the grace period."""
     (container,) = stack.containers()
     address = stack.url()
-    path = "/classify?model=demo-de&scales=224,272,320&top_k=1"
+    # About a second of work each on 2 cores: most are still running or queued at SIGTERM.
+    path = "/classify?model=demo-de&scales=256,320,384,448&top_k=1"
     sent = threading.Barrier(7)
     answers: list[int | str] = []
+    answered_at: list[float] = []
 
     def client() -> None:
         conn = http.client.HTTPConnection(*address, timeout=60)
@@ -138,6 +141,7 @@ def test_stop_answers_every_request_in_flight(stack: eng.Stack, star: bytes) -> 
             response = conn.getresponse()
             response.read()
             answers.append(response.status)
+            answered_at.append(time.monotonic())
         except (OSError, http.client.HTTPException) as err:
             answers.append(type(err).__name__)
         finally:
@@ -154,6 +158,8 @@ def test_stop_answers_every_request_in_flight(stack: eng.Stack, star: bytes) -> 
     for thread in threads:
         thread.join(timeout=60)
     assert answers == [200] * 6, answers
+    after = sum(1 for t in answered_at if t > start)
+    assert after >= 2, f"only {after} of the 6 were still in flight at SIGTERM: a weak test"
     # uvicorn re-raises the SIGTERM once it has shut down cleanly: 143 through docker-init.
     state = eng.inspect(container)["State"]
     log = stack.logs("verydeep")
@@ -164,5 +170,5 @@ def test_stop_answers_every_request_in_flight(stack: eng.Stack, star: bytes) -> 
     )
     assert stopped < grace
     eng.FIGURES["docker compose stop, 6 requests in flight"] = (
-        f"6 of 6 answered, stopped in {stopped:.1f} s"
+        f"6 of 6 answered ({after} after the SIGTERM), stopped in {stopped:.1f} s"
     )

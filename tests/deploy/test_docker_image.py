@@ -113,6 +113,9 @@ def test_index_and_ca_settings_stay_out_of_the_runtime() -> None:
     assert not declared & {"PIP_INDEX_URL", "EXTRA_CA_CERT"}
     assert not [k for k in RUNTIME.env() if k.startswith("PIP_") or "CERT" in k]
     assert not [i for i in RUNTIME.all("COPY") if "--from=build-env" in i.args]
+    # Nor deletes anything, so that a search of the image's files (test_container_image.py)
+    # sees every layer's.
+    assert not [i for i in RUNTIME.all("RUN") if re.search(r"\brm\b", i.args)]
     assert BUILDER.all("ARG") == [a for a in BUILDER.all("ARG") if "VERYDEEP_EXTRAS" in a.args]
 
 
