@@ -54,12 +54,14 @@ def peaked_vgg(config: str, seed: int) -> torch.nn.Module:
     return model
 
 
-def full_and_half_store(root: Path, seed: int) -> ModelStore:
-    """A store at ``root`` with one peaked tiny D exported twice: ``full`` in float32 and
-    ``half`` in float16 (``verydeep export --fp16``)."""
+def variants_store(
+    root: Path, seed: int, dtypes: dict[str, str], calibration: Path | None = None
+) -> ModelStore:
+    """A store at ``root`` with one peaked tiny D exported once per ``{name: dtype}``
+    (``calibration``: the images of the int8 exports)."""
     store = ModelStore(root)
     model = peaked_vgg("D", seed)
-    for name, dtype in (("full", "float32"), ("half", "float16")):
+    for name, dtype in dtypes.items():
         export_to_store(
             model,
             store,
@@ -69,8 +71,14 @@ def full_and_half_store(root: Path, seed: int) -> ModelStore:
             train_scale=TrainScale(min=256, max=256),
             source="test",
             dtype=dtype,
+            calibration=calibration if dtype == "int8" else None,
         )
     return store
+
+
+def full_and_half_store(root: Path, seed: int) -> ModelStore:
+    """``full`` in float32 and ``half`` in float16 (``verydeep export --fp16``)."""
+    return variants_store(root, seed, {"full": "float32", "half": "float16"})
 
 
 class IsolatedSettings(Settings):

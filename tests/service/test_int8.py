@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store import ModelStore, TrainScale, cpu
+from model_store import ModelStore, cpu
 from service.core import sessions
 from service.http.app import create_app
-from tests.conftest import TINY_LABELS, TINY_PREPROCESSING
-from tests.service.helpers import TestClient, peaked_vgg, settings_for
+from tests.service.helpers import TestClient, settings_for, variants_store
 from training import quantize
-from training.export import export_to_store
 from training.shapes import write_shapes
 
 
@@ -25,21 +23,7 @@ def int8_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     """``full`` (float32) and ``q`` (int8, calibrated on 16 shapes images) of one peaked tiny D."""
     root = tmp_path_factory.mktemp("int8")
     calibration = write_shapes(root / "cal", 2, seed=5, workers=1, progress=False)
-    store = ModelStore(root / "store")
-    model = peaked_vgg("D", 31)
-    for name, dtype in (("full", "float32"), ("q", "int8")):
-        export_to_store(
-            model,
-            store,
-            name,
-            labels=TINY_LABELS,
-            preprocessing=TINY_PREPROCESSING,
-            train_scale=TrainScale(min=256, max=256),
-            source="test",
-            dtype=dtype,
-            calibration=calibration if dtype == "int8" else None,
-        )
-    return store
+    return variants_store(root / "store", 31, {"full": "float32", "q": "int8"}, calibration)
 
 
 def _png(seed: int) -> bytes:
