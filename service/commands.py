@@ -39,11 +39,7 @@ def register(commands: Any) -> None:
         "exist or holds no model entry, or an address that cannot be listened on, is refused "
         "before anything loads.",
     )
-    p.add_argument(
-        "--store",
-        metavar="DIR",
-        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
-    )
+    _store_option(p)
     p.add_argument(
         "--host",
         help=f"bind address; 0.0.0.0 for every interface (default: "
@@ -62,11 +58,7 @@ def register(commands: Any) -> None:
         "one and as their ensemble; a named ensemble likewise. Settings such as "
         "VERYDEEP_DEVICE and VERYDEEP_MAX_SCALE apply as in serve.",
     )
-    p.add_argument(
-        "--store",
-        metavar="DIR",
-        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
-    )
+    _store_option(p)
     p.add_argument(
         "--model",
         required=True,
@@ -123,12 +115,7 @@ def register(commands: Any) -> None:
         help="also draw each image's dense score maps into DIR/<model>/<class>/<image>.png: "
         "the heat of its true class beside its top-1's (default: none)",
     )
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress output (default: progress on stderr)",
-    )
+    _progress_option(p)
     p.set_defaults(handler=_evaluate)
 
     p = commands.add_parser(
@@ -137,11 +124,7 @@ def register(commands: Any) -> None:
         description="Compute the descriptor of every image of a folder (<class>/<image> or "
         "flat) with the code that answers POST /features, and write them to a .npz file.",
     )
-    p.add_argument(
-        "--store",
-        metavar="DIR",
-        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
-    )
+    _store_option(p)
     p.add_argument("--model", required=True, help="NAME[,NAME...] or an ensemble name")
     p.add_argument("--data", required=True, help="folder of <class>/<image> files, or of images")
     p.add_argument("--out", required=True, help="the .npz file to write")
@@ -156,13 +139,25 @@ def register(commands: Any) -> None:
         "(default: %(default)s)",
     )
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no mirrored views")
+    _progress_option(p)
+    p.set_defaults(handler=_features)
+
+
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help=f"model store directory (default: {from_env(STORE_VARIABLE, DEFAULT_STORE)})",
+    )
+
+
+def _progress_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
         help="no progress output (default: progress on stderr)",
     )
-    p.set_defaults(handler=_features)
 
 
 def settings_or_none(command: str, flags: dict[str, tuple[str, object]]) -> Settings | None:
