@@ -118,6 +118,32 @@ class Provenance(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+Task = Literal["classification", "localization"]
+Regression = Literal["per-class", "single"]
+
+
+class Localization(_Strict):
+    """What a localisation entry's ``boxes`` output is (paper Appendix A; docs/localization.md).
+
+    ``regression``: ``per-class`` (PCR, 4 x K channels, class k's box in channels 4k..4k+3) or
+    ``single`` (SCR, 4 channels, one box for every class), each box ``(cx, cy, w, h)`` relative
+    to the 224 window (``model_store.boxes``). ``tuned``: the layers fine-tuned from the
+    classification net, ``all`` or ``fc`` (fc6 and fc7). ``classifier``: the store's model or
+    ensemble that ranks the classes when a request names none (``classify_with``)."""
+
+    regression: Regression
+    tuned: Literal["all", "fc"] = "all"
+    classifier: str | None = None
+
+    @field_validator("classifier")
+    @classmethod
+    def _valid_classifier(cls, name: str | None) -> str | None:
+        return None if name is None else validate_name(name)
+
+    def box_channels(self, num_classes: int) -> int:
+        return 4 * num_classes if self.regression == "per-class" else 4
+
+
 class Manifest(_Strict):
     schema_version: int
     name: str
@@ -132,6 +158,8 @@ class Manifest(_Strict):
     crop_size: Literal[224] = 224
     onnx: OnnxInfo
     provenance: Provenance
+    task: Task = "classification"
+    localization: Localization | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -171,6 +199,11 @@ class Manifest(_Strict):
             raise ValueError(
                 f"config {self.config} has {WEIGHT_LAYERS[self.config]} weight layers, "
                 f"not {self.weight_layers}"
+            )
+        if (self.task == "localization") != (self.localization is not None):
+            raise ValueError(
+                "a localization entry needs its 'localization' field, and only it has one "
+                f"(task {self.task!r}, localization {self.localization!r})"
             )
         return self
 

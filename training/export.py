@@ -26,6 +26,7 @@ from torch import nn
 
 from model_store import (
     SCHEMA_VERSION,
+    Localization,
     Manifest,
     ModelStore,
     OnnxInfo,
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
+# A localisation net's last layer regresses boxes: its map is ``boxes`` (docs/localization.md).
+BOXES_NAME = "boxes"
 FEATURES_NAME = "features"
 # (batch, height, width): the crop size, a non-square size with two images, a large image.
 VERIFY_SIZES: tuple[tuple[int, int, int], ...] = ((1, 224, 224), (2, 256, 320), (1, 480, 640))
@@ -102,9 +105,11 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
+    output: str = OUTPUT_NAME,
 ) -> list[SizeCheck]:
     """Export ``fcn`` to ``path`` with weights, input and outputs in ``dtype`` ("float32" or
-    "float16") and verify it against the float32 net; raises ExportError when a check fails."""
+    "float16") and verify it against the float32 net; raises ExportError when a check fails.
+    ``output`` names the last layer's map: ``scores``, or ``boxes`` for a localisation net."""
     if dtype not in DTYPES:
         raise ExportError(f"unknown export dtype {dtype!r}; use float32 or float16")
     fcn = fcn.eval()
@@ -123,10 +128,10 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME, FEATURES_NAME],
+            output_names=[output, FEATURES_NAME],
             dynamic_axes={
                 INPUT_NAME: {0: "N", 2: "H", 3: "W"},
-                OUTPUT_NAME: {0: "N", 2: "h", 3: "w"},
+                output: {0: "N", 2: "h", 3: "w"},
                 FEATURES_NAME: {0: "N", 2: "h", 3: "w"},
             },
         )
@@ -135,7 +140,7 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"ONNX checker rejected the exported graph: {err}") from None
-    return verify_onnx(fcn, path, verify_sizes, dtype=dtype)
+    return verify_onnx(fcn, path, verify_sizes, dtype=dtype, output=output)
 
 
 def verify_onnx(
@@ -144,6 +149,7 @@ def verify_onnx(
     sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     *,
     dtype: str = "float32",
+    output: str = OUTPUT_NAME,
 ) -> list[SizeCheck]:
     """Compare onnxruntime (CPU) with the float32 torch net on random inputs at each size, on
     ``scores`` and on ``features``, each output against its own tolerance; a log line per size is
@@ -155,20 +161,20 @@ def verify_onnx(
         x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             scores, features = (t.numpy() for t in fcn.scores_and_features(x))
-        actual = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
+        actual = session.run([output, FEATURES_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
         size = f"{batch}x3x{height}x{width}"
         h, w = score_map_shape(height, width)
         diffs = [
             _compare(name, got, want, (batch, channels, h, w), size, dtype)
             for name, got, want, channels in (
-                (OUTPUT_NAME, actual[0], scores, fcn.num_classes),
+                (output, actual[0], scores, fcn.num_classes),
                 (FEATURES_NAME, actual[1], features, fcn.feature_dim),
             )
         ]
         checks.append(SizeCheck(batch, height, width, *diffs[0], *diffs[1]))
         log.info(
-            "verified %s (%d of %d): max |diff| %.3g in scores, %.3g in features", size, i,
-            len(sizes), diffs[0][0], diffs[1][0],
+            "verified %s (%d of %d): max |diff| %.3g in %s, %.3g in features", size, i,
+            len(sizes), diffs[0][0], output, diffs[1][0],
         )  # fmt: skip
     return checks
 
@@ -214,14 +220,26 @@ def export_to_store(
     dtype: str = "float32",
     verify_sizes: tuple[tuple[int, int, int], ...] = VERIFY_SIZES,
     calibration: str | Path | None = None,
+    localization: Localization | None = None,
 ) -> StoreEntry:
     """Convert ``model`` to fully-convolutional form, export, verify and write a store entry.
 
     ``dtype="int8"`` quantises the verified float32 graph, calibrated on the images of
     ``calibration``, and checks it against
-    the float32 graph before writing (docs/training.md, "int8 export")."""
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    the float32 graph before writing (docs/training.md, "int8 export"). With ``localization``
+    the model's last layer is a box regressor and the entry's task is ``localization``, its
+    map output ``boxes`` (docs/localization.md, "Export")."""
+    outputs = model.num_classes if localization is None else localization.box_channels(len(labels))
+    if outputs != model.num_classes:
+        raise ExportError(
+            f"{len(labels)} labels for a model with {model.num_classes} outputs"
+            + ("" if localization is None else f" ({localization.regression} regression)")
+        )
+    if localization is not None and dtype == "int8":
+        raise ExportError(
+            "int8 export is for classification nets; export a localization net "
+            "in float32 or float16"
+        )
     store.entry_path(name)  # refuses a bad name before any work
     if (store.root / name).exists() and not overwrite:
         raise ExportError(f"entry {name!r} already exists in {store.root} (use --force)")
@@ -237,7 +255,11 @@ def export_to_store(
     with tempfile.TemporaryDirectory(prefix="verydeep-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         float_dtype = "float32" if dtype == "int8" else dtype
-        export_onnx(fcn, onnx_path, opset=opset, dtype=float_dtype, verify_sizes=verify_sizes)
+        output = OUTPUT_NAME if localization is None else BOXES_NAME
+        export_onnx(
+            fcn, onnx_path, opset=opset, dtype=float_dtype, verify_sizes=verify_sizes,
+            output=output,
+        )  # fmt: skip
         if int8_inputs is not None:
             float_path, onnx_path = onnx_path, Path(tmp) / "int8" / "model.onnx"
             onnx_path.parent.mkdir()
@@ -263,7 +285,7 @@ def export_to_store(
             config=model.config,
             weight_layers=weight_layers(model),
             parameters=count_parameters(model),
-            num_classes=model.num_classes,
+            num_classes=len(labels),
             labels=list(labels),
             preprocessing=preprocessing,
             train_scale=train_scale,
@@ -273,10 +295,12 @@ def export_to_store(
                 sha256=sha256_file(onnx_path),
                 opset=opset,
                 input=INPUT_NAME,
-                output=OUTPUT_NAME,
+                output=output,
                 dtype=dtype,
                 features=FEATURES_NAME,
             ),
+            task="classification" if localization is None else "localization",
+            localization=localization,
             provenance=Provenance(
                 source=source,
                 checkpoint_sha256=checkpoint_sha256,
