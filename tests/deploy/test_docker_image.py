@@ -235,6 +235,8 @@ def test_build_context_leaves_out_what_the_image_does_not_need() -> None:
         "service/__pycache__/app.cpython-311.pyc",
         "verydeep.egg-info/PKG-INFO",
         "model_store/.demo-d.tmp-1234/model.onnx",
+        "model_store/vgg16/model.onnx",
+        "model_store/my-vgg-d-int8/manifest.json",
         "Dockerfile",
         "docker-compose.yml",
     ):
@@ -248,7 +250,9 @@ def test_build_context_leaves_out_what_the_image_does_not_need() -> None:
         "model_store/store.py",
         "model_store/demo-d/model.onnx",
         "model_store/demo-d/manifest.json",
+        "model_store/demo-loc/model.onnx",
         "model_store/ensembles.json",
+        "model_store/boxes.py",
         "deploy/docker/healthcheck.py",
     ):
         assert not ignore.excluded(rel), f"{rel} is needed but .dockerignore leaves it out"
