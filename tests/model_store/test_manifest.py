@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from model_store import Manifest, OnnxInfo, Preprocessing, TrainScale
+from model_store import Localization, Manifest, OnnxInfo, Preprocessing, TrainScale
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,3 +115,30 @@ def _manifest(**changes: object) -> Manifest:
         provenance={"source": "t", "created": "2026-01-01T00:00:00Z"},
     )
     return Manifest(**{**values, **changes})
+
+
+def test_task_defaults_to_classification_and_old_manifests_load() -> None:
+    manifest = _manifest()
+    assert manifest.task == "classification" and manifest.localization is None
+    data = json.loads((REPO / "model_store" / "demo-d" / "manifest.json").read_text())
+    data.pop("task", None)
+    assert Manifest.model_validate(data).task == "classification"
+
+
+def test_a_localization_entry_needs_its_localization_field_and_only_it() -> None:
+    loc = Localization(regression="per-class", tuned="fc", classifier="demo-de")
+    manifest = _manifest(task="localization", localization=loc, onnx=OnnxInfo(
+        sha256="a" * 64, opset=17, output="boxes", features="features"))  # fmt: skip
+    assert manifest.summary()["localization"] == {
+        "regression": "per-class", "tuned": "fc", "classifier": "demo-de"
+    }  # fmt: skip
+    assert loc.box_channels(8) == 32
+    assert Localization(regression="single").box_channels(8) == 4
+    with pytest.raises(ValidationError, match="needs its 'localization' field"):
+        _manifest(task="localization")
+    with pytest.raises(ValidationError, match="needs its 'localization' field"):
+        _manifest(localization=loc)
+    with pytest.raises(ValidationError):
+        Localization(regression="pcr")
+    with pytest.raises(ValidationError, match="invalid model name"):
+        Localization(regression="single", classifier="../x")
