@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         description="most numbers the score maps of one /classify answer may hold (classes x "
         "cells, over members and scales; about 10 bytes of JSON each); more is a 422",
     )
+    max_localize_boxes: int = Field(
+        4096,
+        ge=1,
+        description="most boxes one class of a /localize request may merge (map cells x views, "
+        "over the scales); merging n boxes takes 4 n^2 bytes and time in n^2 (4,096: 64 MiB and "
+        "about a second on 2 cores); more is a 422",
+    )
     batch_window_ms: float = Field(
         0.0,
         ge=0,

@@ -156,7 +156,8 @@ class Engine:
         return len(self._sessions)
 
     def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
-        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``, run
+        """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``
+        (a localization entry's box maps ``(N, 4K or 4, h, w)``: its ``onnx.output``), run
         in calls of at most ``max_batch`` images, which may also hold other requests' views of
         the same shape (``Batcher``). Raises InferenceFailed when onnxruntime fails (its message
         is logged, not passed on), and ``Cancelled`` when ``cancel`` is set before a call starts

@@ -25,8 +25,8 @@ from model_store import ModelStore, StoreError
 from model_store.manifest import NAME_PATTERN
 from model_store.scales import quoted
 from service.core.engine import Engine, open_engine
-from service.core.errors import InvalidParameter, UnknownModel
-from service.core.resolve import MAX_SPEC_LENGTH, check_labels, parse_spec
+from service.core.errors import InvalidParameter, ServiceError, UnknownModel, UnsupportedModel
+from service.core.resolve import MAX_SPEC_LENGTH, ModelSpec, check_labels, parse_spec
 from service.core.sessions import EngineError, model_int8_note
 from service.settings import Settings
 
@@ -201,8 +201,80 @@ class Registry:
         parsed = parse_spec(spec, self.ensembles)
         models = self.models
         members = tuple(self._model(n, models) for n in parsed.members)
+        for member in members:
+            if member.manifest.task == "localization":
+                where = "" if parsed.kind == "model" else f"{quoted(parsed.name)} lists "
+                raise UnsupportedModel(
+                    f"model: {where}{member.name!r}, a localization model: it regresses boxes, "
+                    f"not class scores; use POST /localize?model={member.name}"
+                )
         check_labels(parsed, members)
         return Resolved(parsed.name, members)
+
+    def localization_model(self, name: str | None) -> Engine:
+        """The localisation entry ``name`` (None: the store's only one) for ``/localize``.
+        Raises UnknownModel (404), InvalidParameter or UnsupportedModel (422)."""
+        models = self.models
+        entries = sorted(n for n, e in models.items() if e.manifest.task == "localization")
+        if name is None or (not name.strip() and len(name) <= MAX_SPEC_LENGTH):
+            if len(entries) == 1:
+                return models[entries[0]]
+            if not entries:
+                raise InvalidParameter(
+                    "model: the store serves no localization model (an entry of task "
+                    "localization, docs/localization.md)"
+                )
+            raise InvalidParameter(
+                f"model: the store serves several localization models; name one of "
+                f"{', '.join(entries)}"
+            )
+        parsed = parse_spec(name, self.ensembles)
+        if parsed.kind != "model":
+            kind = "an ensemble" if parsed.kind == "ensemble" else "a list"
+            raise InvalidParameter(
+                f"model: {quoted(parsed.name)} is {kind}; /localize takes one localization "
+                f"model ({', '.join(entries) or 'none served'})"
+            )
+        engine = self._model(parsed.name, models)
+        if engine.manifest.task != "localization":
+            raise UnsupportedModel(
+                f"model: {engine.name!r} is a classification model; /localize needs a "
+                f"localization model ({', '.join(entries) or 'none served'}) and takes the "
+                f"classifier as classify_with={engine.name}"
+            )
+        return engine
+
+    def classifier_for(self, locnet: Engine, spec: str | None) -> Resolved:
+        """What ranks the classes of ``locnet``'s boxes: ``spec`` (``classify_with``), else the
+        manifest's ``localization.classifier``; its labels must be ``locnet``'s (422)."""
+        if spec is None or (not spec.strip() and len(spec) <= MAX_SPEC_LENGTH):
+            assert locnet.manifest.localization is not None
+            named = locnet.manifest.localization.classifier
+            if named is None:
+                raise InvalidParameter(
+                    f"classify_with: {locnet.name!r} names no classifier in its manifest; pass "
+                    "classify_with (a classification model, ensemble or comma list)"
+                )
+            if named not in self.models and named not in self.ensembles:
+                raise InvalidParameter(
+                    f"classify_with: the classifier of {locnet.name!r}, {named!r}, is not served "
+                    "here; pass classify_with (a classification model, ensemble or comma list)"
+                )
+            spec = named
+        try:
+            resolved = self.resolve(spec)
+        except ServiceError as err:
+            if isinstance(err, UnknownModel):
+                raise
+            raise type(err)(f"classify_with: {err.message.removeprefix('model: ')}") from None
+        try:
+            check_labels(ModelSpec(resolved.name, (), "list"), [locnet, *resolved.members])
+        except InvalidParameter:
+            raise InvalidParameter(
+                f"classify_with: {quoted(resolved.name)} has other labels than {locnet.name!r}; "
+                "the classifier must rank the classes the boxes are for"
+            ) from None
+        return resolved
 
     def _model(self, name: str, models: dict[str, Engine]) -> Engine:
         if name in models:
@@ -277,6 +349,12 @@ class Registry:
             why = {s.name: s.reason for s in self._skipped if s.kind == "model"}
             details = [f"{m} ({why.get(m, 'not in the store')})" for m in missing]
             return "missing members: " + "; ".join(details)
+        localizers = [m for m in members if self._models[m].manifest.task == "localization"]
+        if localizers:
+            return (
+                f"{', '.join(localizers)} is a localization model (boxes, not class scores); "
+                "an ensemble's members are classification models"
+            )
         if len({tuple(self._models[m].manifest.labels) for m in members}) != 1:
             return "its members have different labels"
         return None
@@ -284,11 +362,12 @@ class Registry:
     def _choose_default(self) -> None:
         wanted = self.settings.default_model
         if wanted is None:
-            self._default = min(self._models, default=None)
+            classifiers = [n for n, e in self._models.items() if e.manifest.task != "localization"]
+            self._default = min(classifiers, default=None)
             return
         try:
             self._default = self.resolve(wanted).name
-        except (UnknownModel, InvalidParameter) as err:
+        except ServiceError as err:
             self._problem = f"the default model {wanted!r} is not available: {err.message}"
             log.error(self._problem)
 

@@ -1,5 +1,6 @@
 """The query parameters of ``POST /classify``, parsed once into ``ClassifyParams`` (a FastAPI
-dependency, so that the OpenAPI document describes each parameter).
+dependency, so that the OpenAPI document describes each parameter), and those of ``/features``
+and ``/localize``.
 
 A parameter given twice is ambiguous (proxies and frameworks disagree on which one counts): 422.
 ``scales`` goes through the one scales parser of the API and the command line
@@ -89,9 +90,7 @@ def classify_params(
         raise InvalidParameter(
             "maps: score maps come from dense evaluation; use method=dense or combined"
         )
-    raw_top_k = request.query_params.get("top_k")
-    if raw_top_k is not None and not _DIGITS.fullmatch(raw_top_k.strip()):
-        raise InvalidParameter(f"top_k: {quoted(raw_top_k)} is not a positive integer")
+    check_top_k(request)
     return ClassifyParams(
         model=model,
         scales=None if scales is None else scale_list(scales, settings),
@@ -100,6 +99,12 @@ def classify_params(
         top_k=top_k,
         maps=maps,
     )
+
+
+def check_top_k(request: Request) -> None:
+    raw_top_k = request.query_params.get("top_k")
+    if raw_top_k is not None and not _DIGITS.fullmatch(raw_top_k.strip()):
+        raise InvalidParameter(f"top_k: {quoted(raw_top_k)} is not a positive integer")
 
 
 def scale_list(text: str, settings: Settings) -> list[int]:
@@ -146,4 +151,59 @@ def features_params(
         scales=None if scales is None else scale_list(scales, settings),
         flip=flip,
         pool=pool,
+    )
+
+
+LOCALIZE_PARAMETERS = ("model", "classify_with", "scales", "flip", "top_k")
+
+
+@dataclass(frozen=True)
+class LocalizeParams:
+    model: str | None
+    classify_with: str | None
+    scales: list[int] | None
+    flip: bool
+    top_k: int | None
+
+    def k(self, num_classes: int) -> int:
+        return ClassifyParams(None, None, True, "dense", self.top_k).k(num_classes)
+
+
+def localize_params(
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    model: Annotated[
+        str | None,
+        Query(description="a localization model (default: the store's only one)"),
+    ] = None,
+    classify_with: Annotated[
+        str | None,
+        Query(
+            description="the classification model, ensemble or comma list that ranks the "
+            "classes and weighs the boxes (default: the localization model's "
+            "localization.classifier)"
+        ),
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Query(
+            description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
+            "(default: the localization model's test_scales)",
+            examples=["256,384"],
+        ),
+    ] = None,
+    flip: Annotated[bool, Query(description="add the horizontally flipped views")] = True,
+    top_k: Annotated[
+        int | None,
+        Query(ge=1, description="classes to localize, 1..K (default 5, or K when K < 5)"),
+    ] = None,
+) -> LocalizeParams:
+    check_repeated(request, LOCALIZE_PARAMETERS)
+    check_top_k(request)
+    return LocalizeParams(
+        model=model,
+        classify_with=classify_with,
+        scales=None if scales is None else scale_list(scales, settings),
+        flip=flip,
+        top_k=top_k,
     )

@@ -1,4 +1,5 @@
-"""The body of a ``/classify`` answer, built in one place from what the core computed."""
+"""The bodies of ``/classify``, ``/features`` and ``/localize`` answers, each built in one place
+from what the core computed."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from model_store.imaging import rescaled_size
 from service.core import protocol
 from service.core.classify import Outcome
 from service.core.describe import FeaturesOutcome
+from service.core.localize_request import LocalizeOutcome
 from service.core.registry import Resolved
-from service.http.params import ClassifyParams, FeaturesParams
+from service.http.params import ClassifyParams, FeaturesParams, LocalizeParams
 from service.http.schemas import (
     ClassifyResponse,
     FeaturesResponse,
     ImageSize,
+    LocalizedPrediction,
+    LocalizeResponse,
+    LocalizeTiming,
     Prediction,
     ScoreMap,
     Timing,
@@ -96,6 +101,41 @@ def features_response(
         timing_ms=Timing(
             decode=milliseconds(outcome.decode_s),
             inference=milliseconds(outcome.inference_s),
+            total=milliseconds(total_s),
+        ),
+    )
+
+
+def localize_response(
+    model: str,
+    classifier: Resolved,
+    params: LocalizeParams,
+    outcome: LocalizeOutcome,
+    total_s: float,
+) -> LocalizeResponse:
+    result, decoded, labels = outcome.result, outcome.decoded, classifier.labels
+    return LocalizeResponse(
+        model=model,
+        classified_by=classifier.name,
+        members=list(result.members),
+        scales=list(result.scales),
+        flip=params.flip,
+        boxes_per_class=result.boxes_per_class,
+        predictions=[
+            LocalizedPrediction(
+                index=p.index,
+                label=labels[p.index],
+                probability=p.probability,
+                box=list(p.box),
+                box_score=p.box_score,
+            )
+            for p in result.predictions
+        ],
+        image=ImageSize(width=decoded.width, height=decoded.height),
+        timing_ms=LocalizeTiming(
+            decode=milliseconds(outcome.decode_s),
+            inference=milliseconds(outcome.inference_s),
+            merge=milliseconds(result.merge_s),
             total=milliseconds(total_s),
         ),
     )

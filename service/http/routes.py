@@ -1,5 +1,6 @@
-"""The HTTP endpoints (docs/serving.md): POST /classify, GET /models, /healthz, /readyz,
-/metrics. Each route parses (``params``), calls the core, and answers (``responses``)."""
+"""The HTTP endpoints (docs/serving.md): POST /classify, /features and /localize, GET /models,
+/healthz, /readyz, /metrics. Each route parses (``params``), calls the core, and answers
+(``responses``)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,25 @@ from service.core.classify import ClassifyRequest, Outcome, classify_bytes
 from service.core.describe import FeaturesRequest, describe_bytes
 from service.core.errors import NotReady
 from service.core.gate import WorkGate
+from service.core.localize_request import LocalizeRequest, localize_bytes
 from service.core.registry import Registry
 from service.core.sessions import model_int8_note
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
 from service.http.metrics import Metrics
-from service.http.params import ClassifyParams, FeaturesParams, classify_params, features_params
+from service.http.params import (
+    ClassifyParams,
+    FeaturesParams,
+    LocalizeParams,
+    classify_params,
+    features_params,
+    localize_params,
+)
 from service.http.responses import (
     NPY,
     classify_response,
     features_response,
+    localize_response,
     milliseconds,
     npy_bytes,
 )
@@ -35,6 +45,7 @@ from service.http.schemas import (
     ErrorResponse,
     FeaturesResponse,
     HealthResponse,
+    LocalizeResponse,
     ModelInfo,
     ModelsResponse,
     ReadyResponse,
@@ -216,6 +227,54 @@ async def image_features(
     if NPY in request.headers.get("accept", ""):
         return Response(npy_bytes(outcome.descriptor.vector), media_type=NPY)
     return features_response(resolved, params, outcome, total_s)
+
+
+@router.post(
+    "/localize",
+    response_model=LocalizeResponse,
+    responses=_errors(400, 404, 413, 415, 422, 500, 503, 504),
+    openapi_extra=_UPLOAD_BODY,
+    summary="Localize the top classes of an image: dense boxes merged greedily (Appendix A)",
+)
+async def localize_image(
+    request: Request, params: Annotated[LocalizeParams, Depends(localize_params)]
+) -> LocalizeResponse:
+    arrived = time.perf_counter()
+    service = _service(request)
+    gate = _ready_gate(service)
+    log_fields: dict[str, Any] = {"protocol": "localize", "flip": params.flip}
+    setattr(request.state, LOG_FIELDS, log_fields)
+    locnet = service.registry.localization_model(params.model)
+    classifier = service.registry.classifier_for(locnet, params.classify_with)
+    log_fields.update(model=locnet.name, classified_by=classifier.name)
+    scales = params.scales if params.scales is not None else list(locnet.manifest.test_scales)
+    job = LocalizeRequest(
+        locnet, classifier.members, scales, params.flip, params.k(classifier.num_classes)
+    )
+    async with gate.admit():
+        data = await read_image_bytes(request, service.settings.max_upload_bytes)
+        log_fields["bytes"] = len(data)
+        work = functools.partial(localize_bytes, data, job, service.settings)
+        outcome, queue_s = await gate.run(work)
+    total_s = time.perf_counter() - arrived
+    result = outcome.result
+    runs = {name: (list(result.scales), result.views) for name in (locnet.name, *result.members)}
+    _observe(
+        service.metrics,
+        log_fields,
+        runs,
+        queue_s,
+        outcome.decode_s,
+        outcome.inference_s,
+        total_s,
+    )
+    response = localize_response(locnet.name, classifier, params, outcome, total_s)
+    log_fields.update(
+        image=f"{response.image.width}x{response.image.height}",
+        top1=response.predictions[0].label,
+        merge_ms=response.timing_ms.merge,
+    )
+    return response
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Models, ensembles, skipped entries")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from model_store import OnnxInfo, Preprocessing, Provenance, TrainScale
+from model_store import Localization, OnnxInfo, Preprocessing, Provenance, TrainScale
 
 
 class Prediction(BaseModel):
@@ -84,6 +84,42 @@ class FeaturesResponse(BaseModel):
     timing_ms: Timing
 
 
+class LocalizedPrediction(Prediction):
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1] in the uploaded image's pixels (after EXIF orientation), "
+        "x1 and y1 exclusive: the merged box of largest weight",
+    )
+    box_score: float = Field(
+        ge=0,
+        le=1,
+        description="the box's weight over the class's total: the share of the classifier's "
+        "evidence for the class (its posterior at each cell of each view) that voted for it",
+    )
+
+
+class LocalizeTiming(Timing):
+    merge: float = Field(description="greedy merging of the classes' boxes, milliseconds")
+
+
+class LocalizeResponse(BaseModel):
+    model: str = Field(description="the localization model whose boxes these are")
+    classified_by: str = Field(
+        description="the model, ensemble or comma list that ranked the classes and weighed "
+        "the boxes"
+    )
+    members: list[str] = Field(description="the classification models whose posteriors averaged")
+    scales: list[int] = Field(description="the test scales Q, for both nets")
+    flip: bool
+    boxes_per_class: int = Field(description="boxes merged per class: map cells x views")
+    predictions: list[LocalizedPrediction] = Field(
+        description="top_k classes, most probable first, each with its box"
+    )
+    image: ImageSize
+    timing_ms: LocalizeTiming
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="machine-readable, e.g. unknown_model, image_too_large")
     message: str
@@ -108,6 +144,12 @@ class ModelInfo(BaseModel):
     crop_size: int
     onnx: OnnxInfo
     provenance: Provenance
+    task: Literal["classification", "localization"] = Field(
+        description="localization: the net regresses boxes, for POST /localize"
+    )
+    localization: Localization | None = Field(
+        None, description="for a localization model: regression, tuned layers, classifier"
+    )
     provider: str = Field(description="e.g. CUDAExecutionProvider or CPUExecutionProvider")
     int8_note: str | None = Field(
         default=None,

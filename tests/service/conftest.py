@@ -19,6 +19,7 @@ from tests.service.helpers import (
     PaperProtocol,
     TestClient,
     encode,
+    localization_store,
     peaked_vgg,
     sample_image,
     settings_for,
@@ -94,3 +95,21 @@ def paper(service_store: ModelStore) -> PaperProtocol:
         fcn = to_fully_convolutional(peaked_vgg(config, seed)).eval()
         models[name] = (fcn, preprocessing, service_store.read(name).manifest.test_scales)
     return PaperProtocol(models)
+
+
+@pytest.fixture(scope="session")
+def loc_registry(
+    service_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
+) -> Registry:
+    """The localization store of ``helpers.localization_store``, loaded once."""
+    store = localization_store(tmp_path_factory.mktemp("localize") / "store", service_store)
+    reg = Registry(settings_for(store.root, warmup=False))
+    reg.load()
+    assert reg.ready, reg.problem
+    return reg
+
+
+@pytest.fixture(scope="session")
+def loc_client(loc_registry: Registry) -> Iterator[TestClient]:
+    with TestClient(create_app(loc_registry.settings, registry=loc_registry)) as c:
+        yield c

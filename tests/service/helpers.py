@@ -211,3 +211,70 @@ class PaperProtocol:
     def view(fcn: FullyConvVGG, x: torch.Tensor) -> torch.Tensor:
         scores = fcn(x[None]).double().mean(dim=(2, 3))
         return torch.softmax(scores, dim=1)[0]
+
+
+LOC_LABELS = TINY_LABELS
+BOX_PRIOR = (0.5, 0.5, 0.6, 0.6)
+"""The (cx, cy, w, h) the random box regressor's biases say: boxes of 134 pixels about each
+window's centre, so that neighbouring cells' boxes overlap and merge."""
+BOX_SPREAD = 0.15
+"""The standard deviation of the regressed numbers around ``BOX_PRIOR`` (by the fc8 gain)."""
+
+
+def box_vgg(seed: int, channels: int) -> torch.nn.Module:
+    """A tiny A whose last layer regresses ``channels`` box numbers near ``BOX_PRIOR``."""
+    from training.vgg import build_vgg
+
+    torch.manual_seed(seed)
+    model = build_vgg("A", channels, width=0.125, fc_width=32, init="glorot").eval()
+    fc8 = model.classifier[6]
+    with torch.no_grad():
+        x = torch.randn(64, 3, 224, 224)
+        spread = float(model(x).std())
+        fc8.weight.mul_(BOX_SPREAD / spread)
+        fc8.bias.copy_(torch.tensor(BOX_PRIOR).repeat(channels // 4))
+    return model
+
+
+def localization_store(root: Path, classifiers: ModelStore) -> ModelStore:
+    """A store with ``tiny-d`` and ``tiny-e`` (copied from ``classifiers``), the ensemble
+    ``tiny-de``, and localization entries: ``loc-pcr`` (per-class, ranked by tiny-d),
+    ``loc-scr`` (single, ranked by tiny-de), ``loc-none`` (naming no classifier),
+    ``loc-gone`` (naming one that is not in the store) and ``loc-other`` (other labels)."""
+    import json
+    import shutil
+
+    from model_store import Localization
+
+    store = ModelStore(root)
+    for name in ("tiny-d", "tiny-e"):
+        shutil.copytree(classifiers.root / name, root / name)
+    k = len(LOC_LABELS)
+    for name, regression, classifier, seed in (
+        ("loc-pcr", "per-class", "tiny-d", 11),
+        ("loc-scr", "single", "tiny-de", 12),
+    ):
+        loc = Localization(regression=regression, classifier=classifier)  # type: ignore[arg-type]
+        export_to_store(
+            box_vgg(seed, loc.box_channels(k)),
+            store,
+            name,
+            labels=LOC_LABELS,
+            preprocessing=TINY_PREPROCESSING,
+            train_scale=TrainScale(min=256, max=256),
+            source="test",
+            localization=loc,
+        )
+    for name, classifier, labels in (
+        ("loc-none", None, LOC_LABELS),
+        ("loc-gone", "gone", LOC_LABELS),
+        ("loc-other", "tiny-d", [f"other-{i}" for i in range(k)]),
+    ):
+        shutil.copytree(root / "loc-pcr", root / name)
+        path = root / name / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest.update(name=name, labels=labels)
+        manifest["localization"]["classifier"] = classifier
+        path.write_text(json.dumps(manifest))
+    store.write_ensembles({"tiny-de": ["tiny-d", "tiny-e"], "with-loc": ["tiny-d", "loc-pcr"]})
+    return store
