@@ -93,19 +93,25 @@ def cuda_usable() -> bool:
     return False
 
 
-def model_int8_note(dtype: str, provider: str) -> str | None:
+def model_int8_note(
+    dtype: str, provider: str, metrics: dict[str, object] | None = None
+) -> str | None:
     """The ``int8_note`` of a served model in ``/models`` and its start-up log line: None for a
-    float model, or an int8 model on a CPU with VNNI."""
+    float model, or an int8 model on a CPU with VNNI. ``metrics``, the manifest's
+    ``provenance.metrics``, says whether it was exported with ``reduce_range``
+    (``int8_reduce_range``): on a CPU without VNNI such a model gets a note about speed only,
+    one without it a note about overflow and accuracy too (``model_store.cpu.int8_note``)."""
     if dtype != "int8":
         return None
     if provider != CPU:
         return f"int8 on {provider} is not measured; it is served as onnxruntime runs it"
-    return _this_cpu_int8_note()
+    recorded = (metrics or {}).get("int8_reduce_range")
+    return _this_cpu_int8_note(recorded if isinstance(recorded, bool) else None)
 
 
 @functools.cache
-def _this_cpu_int8_note() -> str | None:
-    return int8_note()
+def _this_cpu_int8_note(reduce_range: bool | None) -> str | None:
+    return int8_note(reduce_range=reduce_range)
 
 
 @functools.cache
