@@ -256,3 +256,111 @@ def _export(spec: ModelSpec, store: ModelStore, *, verify: bool) -> None:
 
 def onnx_bytes(store: ModelStore) -> int:
     return sum(p.stat().st_size for p in store.root.glob("*/*.onnx"))
+
+
+# --- int8 twins of cached stores (bench/suites/int8.py) ----------------------------------------
+
+INT8_CACHE_VERSION = 1
+"""Bump when the way int8 twins are built changes."""
+
+INT8_CALIBRATION_PHOTOS = 8  # training/quantize.py's minimum
+INT8_CALIBRATION_SIZES = ((640, 480), (480, 640), (1024, 768), (800, 800), (1280, 720))
+INT8_CALIBRATION_SEED = 5000  # photos of their own: the suite measures accuracy on other seeds
+
+
+def _int8_key(float_entry) -> str:  # float_entry: model_store.StoreEntry
+    parts = [f"int8cache{INT8_CACHE_VERSION}", float_entry.manifest.onnx.sha256]
+    for pkg in ("onnxruntime-gpu", "onnxruntime", "onnx"):
+        try:
+            parts.append(f"{pkg}{metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{pkg}-none")
+    quantize_py = Path(__file__).resolve().parent.parent / "training" / "quantize.py"
+    if quantize_py.exists():
+        parts.append(hashlib.sha256(quantize_py.read_bytes()).hexdigest()[:12])
+    scales = float_entry.manifest.test_scales
+    parts.append(json.dumps([INT8_CALIBRATION_PHOTOS, INT8_CALIBRATION_SIZES, scales]))
+    parts.append(str(INT8_CALIBRATION_SEED))
+    return hashlib.sha256("-".join(parts).encode()).hexdigest()[:16]
+
+
+def int8_calibration_folder(cache_dir: Path) -> Path:
+    """``INT8_CALIBRATION_PHOTOS`` photo-like JPEGs (``bench/images.py``) of several sizes."""
+    from bench import images
+
+    folder = cache_root(cache_dir) / f"int8-calibration-seed{INT8_CALIBRATION_SEED}"
+    folder.mkdir(exist_ok=True)
+    for i in range(INT8_CALIBRATION_PHOTOS):
+        w, h = INT8_CALIBRATION_SIZES[i % len(INT8_CALIBRATION_SIZES)]
+        path = folder / f"photo-{i:02d}-{w}x{h}.jpg"
+        if not path.exists():
+            path.write_bytes(images.jpeg(w, h, seed=INT8_CALIBRATION_SEED + i, quality=90))
+    return folder
+
+
+def ensure_int8_store(cache_dir: Path, float_entry) -> ModelStore:
+    """A store holding ``<name>-int8``, the int8 twin of the cached float32 ``float_entry``:
+    its very ONNX file quantised by ``training/quantize.py`` (QDQ, per-channel weights, MinMax,
+    verified against the float32 graph) and calibrated as ``verydeep export --int8`` calibrates,
+    on ``INT8_CALIBRATION_PHOTOS`` photos whole at the entry's test scales; built once
+    (full-size VGG-16: 40 s on 2 cores) and reused while neither file nor quantiser changed."""
+    import tempfile
+
+    from model_store import OnnxInfo, sha256_file
+    from training import quantize
+
+    m = float_entry.manifest
+    key = _int8_key(float_entry)
+    root = cache_root(cache_dir) / f"store-{m.name}-int8-{key}"
+    done = root / ".complete"
+    if done.exists():
+        return ModelStore(root)
+    if root.exists():
+        shutil.rmtree(root)
+    started = time.perf_counter()
+    folder = int8_calibration_folder(cache_dir)
+    scales = list(m.test_scales)
+    count, inputs = quantize.calibration_inputs(folder, m.preprocessing, scales)
+    log.info("quantising %s to int8 on %d photos at Q=%s ...", m.name, count, scales)
+    with tempfile.TemporaryDirectory(prefix="bench-int8-", dir=cache_root(cache_dir)) as tmp:
+        int8_path = Path(tmp) / "model.onnx"
+        check = quantize.quantize_verified(
+            float_entry.onnx_path,
+            int8_path,
+            count,
+            inputs,
+            scales=scales,
+            input_name=m.onnx.input,
+            output_name=m.onnx.output,
+            features_name=m.onnx.features,
+        )
+        manifest = m.model_copy(
+            update={
+                "name": f"{m.name}-int8",
+                "onnx": OnnxInfo(
+                    **{**m.onnx.model_dump(), "dtype": "int8", "sha256": sha256_file(int8_path)}
+                ),
+                "provenance": m.provenance.model_copy(
+                    update={
+                        "source": f"{m.provenance.source}, int8 twin (bench)",
+                        "metrics": {
+                            **m.provenance.metrics,
+                            "int8_calibration_images": check.images,
+                            "int8_calibration_scales": scales,
+                            "int8_max_posterior_diff": round(check.max_posterior_diff, 6),
+                            "int8_top1_agreement": check.top1_agreement,
+                            "int8_reduce_range": check.reduce_range,
+                        },
+                    }
+                ),
+            }
+        )
+        store = ModelStore(root)
+        store.write(manifest, int8_path)
+    quantise_s = time.perf_counter() - started
+    done.write_text(json.dumps({"key": key, "float": str(float_entry.path), "seconds": quantise_s}))
+    log.info("quantised %s in %.1f s", m.name, quantise_s)
+    for stale in root.parent.glob(f"store-{m.name}-int8-*"):
+        if stale != root:
+            shutil.rmtree(stale, ignore_errors=True)
+    return store

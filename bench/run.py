@@ -32,6 +32,7 @@ from bench.suites import (
     decode,
     eager,
     efficiency,
+    int8,
     load,
     multicrop,
     overhead,
@@ -48,13 +49,14 @@ BENCHMARKS = {
     "multicrop": multicrop,
     "efficiency": efficiency,
     "decode": decode,
+    "int8": int8,  # CPU only: int8 against float32, and OpenVINO on the same files
     "batched": batched,
     "scales": scales,
     "stream": stream,
     "load": load,  # last: it queues the server up to its 503s
 }
 CPU_SUITE = [n for n in BENCHMARKS if n not in ("batched", "scales")]
-CUDA_SUITE = [n for n in BENCHMARKS if n != "decode"]
+CUDA_SUITE = [n for n in BENCHMARKS if n not in ("decode", "int8")]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
