@@ -43,6 +43,9 @@ class Checkpoint:
     train_scale: TrainScale
     state_dict: dict[str, torch.Tensor]
     training: dict[str, Any] = field(default_factory=dict)
+    # A localisation net's {"regression", "tuned"} (docs/localization.md); its num_classes is
+    # then the regressor's outputs, 4 x K or 4, and labels the K classes.
+    localization: dict[str, Any] | None = None
 
     def build_model(self) -> VGG:
         model = build_vgg(
@@ -52,6 +55,7 @@ class Checkpoint:
         return model
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.localization is None else {"localization": dict(self.localization)}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -66,6 +70,7 @@ class Checkpoint:
             "train_scale": self.train_scale.model_dump(mode="json"),
             "state_dict": self.state_dict,
             "training": self.training,
+            **extra,
         }
 
 
@@ -105,6 +110,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             train_scale=TrainScale.model_validate(raw["train_scale"]),
             state_dict=raw["state_dict"],
             training=raw.get("training") or {},
+            localization=raw.get("localization"),
         )
     except (KeyError, TypeError, ValueError, ValidationError) as err:
         raise CheckpointError(f"{path}: malformed checkpoint: {err}") from None

@@ -15,6 +15,7 @@ from model_store.scales import ScalesError, parse_scales
 from training.errors import TrainError
 from training.options import (
     FINE_TUNE_LR,
+    LOCALIZATION_LR,
     PAPER_LR,
     RESUME_OVERRIDES,
     SMALL_NET_RECIPE,
@@ -60,6 +61,12 @@ def register(commands: Any) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint written by `verydeep train`")
     _store_args(p)
+    p.add_argument(
+        "--classifier",
+        metavar="NAME",
+        help="a localisation checkpoint: the store's model or ensemble that ranks the classes "
+        "when a request names none (docs/localization.md)",
+    )
     p.set_defaults(handler=_export)
     _register_import(commands)
     _register_train(commands)
@@ -127,6 +134,7 @@ def _register_make_shapes(commands: Any) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     _model_args(p.add_argument_group("model"))
+    _localization_args(p.add_argument_group("localisation (paper Appendix A)"))
     _data_args(p.add_argument_group("data"))
     _optimisation_args(p.add_argument_group("optimisation"))
     _run_args(p.add_argument_group("run"))
@@ -147,7 +155,8 @@ def _model_args(g: Any) -> None:
     _option(
         g, "--init-from", metavar="CKPT",
         help="fine-tune every layer from a checkpoint of the same config (e.g. S=384 from "
-        f"S=256, or jittered S from S=384); lr defaults to {_power_of_ten(FINE_TUNE_LR)}",
+        f"S=256, or jittered S from S=384), or from a store entry folder (STORE/NAME, its "
+        f"weights read from the ONNX file); lr defaults to {_power_of_ten(FINE_TUNE_LR)}",
     )  # fmt: skip
     _option(
         g, "--init-from-a", metavar="CKPT",
@@ -158,6 +167,32 @@ def _model_args(g: Any) -> None:
         help="with --init-from-a: the paper's four convs and three FC layers (default), or all "
         "of A's layers with the deeper net's other convs set to the identity (Net2Net), so "
         "that it starts with A's accuracy",
+    )  # fmt: skip
+
+
+def _localization_args(g: Any) -> None:
+    _option(
+        g, "--task", choices=("classification", "localization"),
+        help="localization: the classification net of --init-from with its last layer replaced "
+        f"by a box regressor, Euclidean loss, lr {_power_of_ten(LOCALIZATION_LR)} "
+        "(docs/localization.md, Training)",
+    )  # fmt: skip
+    _option(
+        g, "--regression", choices=("per-class", "single"),
+        help="the box regressor: per-class (PCR, 4 x K outputs) or single (SCR, 4)",
+    )  # fmt: skip
+    _option(
+        g, "--tune", choices=("all", "fc"),
+        help="fine-tune all layers, or only fc6, fc7 and the regressor (the convs frozen)",
+    )  # fmt: skip
+    _option(
+        g, "--boxes", metavar="DIR",
+        help="ILSVRC VOC XML boxes of --data (DIR/<class>/<stem>.xml or DIR/<stem>.xml; "
+        "default: --data's annotations.json)",
+    )  # fmt: skip
+    _option(
+        g, "--val-boxes", metavar="DIR",
+        help="VOC XML boxes of --val-data (default: its annotations.json)",
     )  # fmt: skip
 
 
@@ -382,6 +417,7 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.force,
         dtype=_dtype(args),
         calibration=_calibration(args),
+        classifier=args.classifier,
     )
     print(f"wrote {entry.path} ({entry.manifest.parameters:,} parameters)")
     return 0

@@ -47,10 +47,32 @@ def _check_labels(theirs: int, ours: int, flag: str) -> None:
 
 
 def _checkpoint_for_init(path: str, opts: TrainOptions, flag: str) -> dict[str, torch.Tensor]:
-    ckpt = load_checkpoint(path)
-    if ckpt.config != opts.config:
-        raise TrainError(f"{flag} checkpoint is config {ckpt.config}, not {opts.config}")
-    return ckpt.state_dict
+    return init_source(path, opts, flag)[0]
+
+
+def init_source(
+    path: str | None, opts: TrainOptions, flag: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``(state_dict, labels)`` of the classification net ``path`` names: a checkpoint of
+    ``verydeep train``, or a store entry folder (``STORE/NAME``), its net rebuilt from the ONNX
+    file's weights and checked against onnxruntime (``training.from_onnx``)."""
+    from training.from_onnx import is_store_entry, load_store_entry
+
+    if path is None:
+        raise TrainError(f"{flag} is needed: the classification net to start from")
+    if is_store_entry(path):
+        net = load_store_entry(path)
+        config, state_dict, labels = net.config, net.model.state_dict(), net.labels
+        kind = "store entry"
+    else:
+        ckpt = load_checkpoint(path)
+        if ckpt.localization is not None:
+            raise TrainError(f"{flag} {path} is a localisation net; a classification net is needed")
+        config, state_dict, labels = ckpt.config, ckpt.state_dict, ckpt.labels
+        kind = "checkpoint"
+    if config != opts.config:
+        raise TrainError(f"{flag} {kind} is config {config}, not {opts.config}")
+    return state_dict, labels
 
 
 def set_dropout(model: nn.Module, p: float) -> None:
@@ -60,6 +82,6 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 
 def make_optimizer(model: nn.Module, opts: TrainOptions, lr: float) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=opts.momentum, weight_decay=opts.weight_decay
-    )
+    """SGD over the parameters that train (``--tune fc`` leaves the frozen convs out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=opts.momentum, weight_decay=opts.weight_decay)

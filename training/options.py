@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 PAPER_LR = 1e-2
 FINE_TUNE_LR = 1e-3  # paper §3.1: S = 384 initialised from S = 256 with a smaller lr
+LOCALIZATION_LR = 1e-3  # paper Appendix A: the localisation nets' initial learning rate
 # Options a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "max_steps", "workers", "device", "progress", "tensorboard", "amp")
 # The small-net recipe (docs/training.md, "A first run"): the demo models' settings, which
@@ -81,6 +82,12 @@ class TrainOptions:
     stats_images: int = 2000
     progress: bool = True
     tensorboard: bool = True
+    # Localisation (paper Appendix A; docs/localization.md, "Training").
+    task: str = "classification"  # or "localization"
+    regression: str = "per-class"  # with task localization: "per-class" (PCR) or "single" (SCR)
+    tune: str = "all"  # with task localization: "all" layers or "fc" (fc6, fc7, the regressor)
+    boxes: str | None = None  # VOC XML boxes of --data (default: its annotations.json)
+    val_boxes: str | None = None  # VOC XML boxes of --val-data (default: its annotations.json)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +96,8 @@ class TrainOptions:
     def initial_lr(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.task == "localization":
+            return LOCALIZATION_LR
         return FINE_TUNE_LR if self.init_from else PAPER_LR
 
     def divergence_advice(self) -> str:

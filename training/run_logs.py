@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.tasks import ClassificationTask
 
 
 class Logs:
@@ -17,10 +20,27 @@ class Logs:
         "val_scale", "epoch_seconds", "images_per_s",
     )  # fmt: skip
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, start_step: int) -> None:
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        tensorboard: bool,
+        start_step: int,
+        task: ClassificationTask | None = None,
+    ) -> None:
         self.enabled = enabled
         self.out = out
         self.writer = None
+        # A task's own names: localisation logs loc_error and the masked crops.
+        self.error = "top1_error" if task is None else task.error_key
+        self.error_label = "top-1 error" if task is None else task.error_label
+        self.val_method = "dense" if task is None else task.val_method
+        if task is not None:
+            self.STEP_FIELDS = task.step_fields
+            self.EPOCH_FIELDS = (
+                tuple(f.replace("top1_error", self.error) for f in Logs.EPOCH_FIELDS)
+                + task.extra_epoch_fields
+            )
         if not enabled:
             return
         self.steps_path = out / "steps.csv"
@@ -40,7 +60,7 @@ class Logs:
         if self.writer:
             s = int(row["step"])
             self.writer.add_scalar("train/loss", row["loss"], s)
-            self.writer.add_scalar("train/top1_error", 1 - row["acc"], s)
+            self.writer.add_scalar(f"train/{self.error}", 1 - row["acc"], s)
             self.writer.add_scalar("train/lr", row["lr"], s)
             self.writer.add_scalar("train/images_per_s", row["images_per_s"], s)
 
@@ -55,7 +75,7 @@ class Logs:
         if self.writer:
             row = history[-1]
             s = int(row["step"])
-            for key in ("train_loss", "train_top1_error", "val_loss", "val_top1_error", "lr"):
+            for key in ("train_loss", f"train_{self.error}", "val_loss", f"val_{self.error}", "lr"):
                 self.writer.add_scalar(f"epoch/{key}", row[key], s)
             self.writer.flush()
 
@@ -66,7 +86,9 @@ class Logs:
         if self.writer:
             self.writer.close()
         if history:
-            plot_curves(history, self.out / "curves.png")
+            plot_curves(
+                history, self.out / "curves.png", self.error, self.error_label, self.val_method
+            )
 
 
 def _fmt(v: Any) -> Any:
@@ -85,7 +107,13 @@ def _truncate_steps(path: Path, start_step: int, fields: tuple[str, ...]) -> Non
         w.writerows(rows)
 
 
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+def plot_curves(
+    history: list[dict[str, float]],
+    path: Path,
+    error: str = "top1_error",
+    error_label: str = "top-1 error",
+    val_method: str = "dense",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,11 +122,13 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     epochs = [h["epoch"] + 1 for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label="val (dense)")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label=f"val ({val_method})")
     axes[0].set(title="loss", xlabel="epoch")
-    axes[1].plot(epochs, [100 * h["train_top1_error"] for h in history], "o-", label="train")
-    axes[1].plot(epochs, [100 * h["val_top1_error"] for h in history], "o-", label="val (dense)")
-    axes[1].set(title="top-1 error (%)", xlabel="epoch")
+    axes[1].plot(epochs, [100 * h[f"train_{error}"] for h in history], "o-", label="train")
+    axes[1].plot(
+        epochs, [100 * h[f"val_{error}"] for h in history], "o-", label=f"val ({val_method})"
+    )
+    axes[1].set(title=f"{error_label} (%)", xlabel="epoch")
     axes[2].semilogy(epochs, [h["lr"] for h in history], "o-")
     axes[2].set(title="learning rate", xlabel="epoch")
     for ax in axes[:2]:

@@ -9,17 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from model_store import CONFIGS, TrainScale
 from model_store.scales import CROP_SIZE
-from training.augment import eval_transform, train_transform
 from training.checkpoint import Checkpoint
 from training.data import (
     AugmentedDataset,
     Data,
     ResumableSampler,
     RGBStats,
-    TransformedDataset,
     load_data,
     rgb_statistics,
     shard_indices,
@@ -28,6 +27,7 @@ from training.distributed import Dist
 from training.errors import TrainError
 from training.init_from import LAYER_CHOICES
 from training.options import TrainOptions
+from training.tasks import ClassificationTask, make_task
 
 log = logging.getLogger("training.train")  # one logger for the whole of `verydeep train`
 
@@ -38,13 +38,14 @@ class Run:
 
     opts: TrainOptions
     d: Dist
+    task: ClassificationTask  # classification or localization (training.tasks)
     amp: bool  # mixed precision (CUDA only)
     out: Path
     data: Data
     stats: RGBStats
     train_scale: TrainScale
     train_set: AugmentedDataset
-    val_set: TransformedDataset
+    val_set: Dataset
     val_indices: list[int]  # this rank's share of the validation set
     sampler: ResumableSampler
     per_rank: int  # images per process in an optimiser step
@@ -67,6 +68,12 @@ class Run:
 def setup_run(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> Run:
     """Check the options, load the data, and build the datasets and the sampler."""
     per_rank, micro = validate_options(opts, d.world)
+    task = make_task(opts)
+    if task.name == "localization" and not opts.init_from and resume is None:
+        raise TrainError(
+            "--task localization needs --init-from: the classification net (checkpoint or "
+            "store entry) whose last layer the box regressor replaces"
+        )
     out = Path(opts.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,10 @@ def setup_run(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> Run:
         raise TrainError(f"the checkpoint's classes {resume.labels} differ from the data's")
     stats = _rgb_stats(opts, data, resume, d)
     train_scale = TrainScale(min=opts.scale_min, max=opts.scale_max)
-    train_set, val_set = _datasets(opts, data, stats, train_scale.single_test_scale())
+    input_std = resolve_input_std(opts.input_std, stats)
+    train_set, val_set = task.datasets(
+        opts, data, stats, input_std, train_scale.single_test_scale()
+    )
     sampler = ResumableSampler(train_set, d.world, d.rank, opts.seed)
     steps_per_epoch = sampler.num_samples // per_rank
     if steps_per_epoch < 1:
@@ -85,6 +95,7 @@ def setup_run(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> Run:
     return Run(
         opts=opts,
         d=d,
+        task=task,
         amp=d.device.type == "cuda" and opts.amp is not False,  # default: on for CUDA
         out=out,
         data=data,
@@ -122,24 +133,6 @@ def _rgb_stats(opts: TrainOptions, data: Data, resume: Checkpoint | None, d: Dis
     return stats
 
 
-def _datasets(
-    opts: TrainOptions, data: Data, stats: RGBStats, test_scale: int
-) -> tuple[AugmentedDataset, TransformedDataset]:
-    input_std = resolve_input_std(opts.input_std, stats)
-    transform = train_transform(
-        opts.scale_min,
-        opts.scale_max,
-        stats.mean,
-        stats.eigval,
-        stats.eigvec,
-        std=input_std,
-        color_shift_std=opts.color_shift,
-    )
-    train_set = AugmentedDataset(data.train_base, transform, seed=opts.seed)
-    val_set = TransformedDataset(data.val_base, eval_transform(test_scale, stats.mean, input_std))
-    return train_set, val_set
-
-
 def validate_options(opts: TrainOptions, world: int) -> tuple[int, int]:
     """Check the options; return (images per rank per step, micro-batch)."""
     if opts.config not in CONFIGS:
@@ -165,9 +158,45 @@ def validate_options(opts: TrainOptions, world: int) -> tuple[int, int]:
     if opts.epochs < 1:
         raise TrainError("--epochs must be >= 1")
     for flag, path in (("--init-from", opts.init_from), ("--init-from-a", opts.init_from_a)):
-        if path and not Path(path).is_file():
+        if path and not Path(path).is_file() and not (flag == "--init-from" and is_entry(path)):
             raise TrainError(f"{flag}: no checkpoint at {path}")
+    _validate_localization(opts)
     return per_rank, micro
+
+
+def _validate_localization(opts: TrainOptions) -> None:
+    from training.localization import REGRESSIONS, TUNINGS
+    from training.tasks import TASKS
+
+    if opts.task not in TASKS:
+        raise TrainError(f"unknown --task {opts.task!r}; use {' or '.join(TASKS)}")
+    if opts.regression not in REGRESSIONS:
+        raise TrainError(f"unknown --regression {opts.regression!r}; use per-class or single")
+    if opts.tune not in TUNINGS:
+        raise TrainError(f"unknown --tune {opts.tune!r}; use all or fc")
+    if opts.task != "localization":
+        for flag, value, default in (
+            ("--boxes", opts.boxes, None),
+            ("--val-boxes", opts.val_boxes, None),
+            ("--regression", opts.regression, "per-class"),
+            ("--tune", opts.tune, "all"),
+        ):
+            if value != default:
+                raise TrainError(f"{flag} is for --task localization")
+        return
+    if opts.init_from_a:
+        raise TrainError("--task localization starts from --init-from, not --init-from-a")
+    if opts.val_boxes and not opts.val_data:
+        raise TrainError("--val-boxes is for --val-data (a held-out split uses --boxes)")
+    for flag, path in (("--boxes", opts.boxes), ("--val-boxes", opts.val_boxes)):
+        if path and not Path(path).is_dir():
+            raise TrainError(f"{flag}: no folder at {path}")
+
+
+def is_entry(path: str) -> bool:
+    from training.from_onnx import is_store_entry
+
+    return is_store_entry(path)
 
 
 def resolve_input_std(spec: str, stats: RGBStats) -> tuple[float, float, float]:

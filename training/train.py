@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from model_store.progress import progress_bar
@@ -56,7 +55,7 @@ from training.train_state import (
     resolve_resume,
     save,
 )
-from training.validation import autocast, evaluate_dense
+from training.validation import autocast
 from training.vgg import count_parameters
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def _train(opts: TrainOptions, resume: Checkpoint | None, d: Dist) -> TrainResul
     run = setup_run(opts, resume, d)
     state = new_state(run, resume)
     _log_start(run, state)
-    logs = Logs(run.out, d.main, opts.tensorboard, state.global_step)
+    logs = Logs(run.out, d.main, opts.tensorboard, state.global_step, task=run.task)
     stop = StopFlag()
     stop.install()
     try:
@@ -191,76 +190,88 @@ def train_step(run: Run, state: TrainState, group: list[Batch]) -> dict[str, flo
     t0 = time.perf_counter()
     state.schedule.warmup(state.global_step)
     state.optimizer.zero_grad(set_to_none=True)
-    step_loss, step_correct = _accumulate(run, state, group)
+    step_loss, step_correct, step_count = _accumulate(run, state, group)
     if run.opts.clip_grad_norm:
         state.scaler.unscale_(state.optimizer)
         nn.utils.clip_grad_norm_(state.model.parameters(), run.opts.clip_grad_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    loss_sum, correct, count = run.d.all_sum([step_loss, step_correct, float(run.per_rank)])
+    loss_sum, correct, count, images = run.d.all_sum(
+        [step_loss, step_correct, step_count, float(run.per_rank)]
+    )
+    masked = images - count  # localisation: crops whose box the crop cut off
     state.global_step += 1
     state.step_in_epoch += 1
     seconds = time.perf_counter() - t0
-    state.partial.add(loss_sum, correct, count, seconds)
-    return {
+    state.partial.add(loss_sum, correct, count, seconds, masked)
+    row = {
         "step": state.global_step,
         "epoch": state.epoch + 1,
         "lr": state.schedule.lr,
-        "loss": loss_sum / count,
-        "acc": correct / count,
-        "images_per_s": count / seconds,
+        "loss": loss_sum / max(count, 1),
+        "acc": correct / max(count, 1),
+        "images_per_s": images / seconds,
     }
+    if "masked" in run.task.step_fields:
+        row["masked"] = masked
+    return row
 
 
-def _accumulate(run: Run, state: TrainState, group: list[Batch]) -> tuple[float, float]:
-    """Forward and backward passes over the micro-batches: the gradient of the mean loss of the
-    step's ``per_rank`` images; returns this rank's (loss sum, correct)."""
-    step_loss = step_correct = 0.0
+def _accumulate(run: Run, state: TrainState, group: list[Batch]) -> tuple[float, float, float]:
+    """Forward and backward passes over the micro-batches: the gradient of the step's loss
+    summed over its images divided by ``per_rank`` (for localisation, masked crops add 0);
+    returns this rank's (loss sum, correct, images that count)."""
+    step_loss = step_correct = step_count = 0.0
+    task = run.task
     for k, (x, y) in enumerate(group):
         x = x.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(run.device, non_blocking=True)
+        y = task.to_device(y, run.device)
         # DDP averages the gradients over the ranks once, after the step's last micro-batch.
         sync = k == len(group) - 1 or not run.d.enabled
         with nullcontext() if sync else state.net.no_sync(), autocast(run.device, run.amp):
-            logits = state.net(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") / run.per_rank
+            outputs = state.net(x)
+            loss_sum, correct, count = task.loss(outputs, y)
+            loss = loss_sum / run.per_rank
         state.scaler.scale(loss).backward()
         step_loss += float(loss.detach()) * run.per_rank
-        step_correct += float((logits.detach().argmax(1) == y).sum())
-    return step_loss, step_correct
+        step_correct += correct
+        step_count += count
+    return step_loss, step_correct, step_count
 
 
 def validate_epoch(run: Run, state: TrainState, started: float) -> float:
-    """Dense validation at Q; appends the epoch's record to the history and returns the
-    validation accuracy."""
-    opts, partial = run.opts, state.partial
-    sums = evaluate_dense(
-        state.model, run.val_set, run.val_indices, run.device, flip=opts.val_flip, amp=run.amp,
-        workers=min(opts.workers, 2),
-    )  # fmt: skip
-    val_loss, val_correct, val_count = run.d.all_sum(list(sums))
-    val_acc = val_correct / max(val_count, 1)
+    """The task's validation at Q (classification: dense; localisation: central crop);
+    appends the epoch's record to the history and returns the validation accuracy."""
+    partial, task = state.partial, run.task
+    val, val_acc = task.val_record(run.d.all_sum(task.evaluate(state.model, run)))
+    error = task.error_key
     record = {
         "epoch": state.epoch,
         "step": state.global_step,
         "lr": state.schedule.lr,
         "train_loss": partial.loss / max(partial.count, 1),
-        "train_top1_error": 1 - partial.correct / max(partial.count, 1),
-        "val_loss": val_loss / max(val_count, 1),
-        "val_top1_error": 1 - val_acc,
+        f"train_{error}": 1 - partial.correct / max(partial.count, 1),
+        **val,
         "val_scale": run.test_scale,
         "epoch_seconds": partial.seconds + 0.0,
-        "images_per_s": partial.count / max(partial.seconds, 1e-9),
+        "images_per_s": (partial.count + partial.masked) / max(partial.seconds, 1e-9),
         "wall_seconds": time.perf_counter() - started,
     }
+    if "train_masked" in task.extra_epoch_fields:
+        record["train_masked"] = partial.masked
     state.history.append(record)
     if run.d.main:
         log.info(
-            "epoch %d: train loss %.4f, top-1 error %.2f%%; val (dense, Q=%d) loss %.4f, "
-            "top-1 error %.2f%%; lr %g",
-            state.epoch + 1, record["train_loss"], 100 * record["train_top1_error"],
-            run.test_scale, record["val_loss"], 100 * record["val_top1_error"], state.schedule.lr,
+            "epoch %d: train loss %.4f, %s %.2f%%; val (%s, Q=%d) loss %.4f, %s %.2f%%; lr %g",
+            state.epoch + 1, record["train_loss"], task.error_label,
+            100 * record[f"train_{error}"], task.val_method, run.test_scale, record["val_loss"],
+            task.error_label, 100 * record[f"val_{error}"], state.schedule.lr,
         )  # fmt: skip
+        if "train_masked" in record:
+            log.info(
+                "epoch %d: %d of %d training crops had their object cut off (loss masked out)",
+                state.epoch + 1, partial.masked, partial.masked + partial.count,
+            )  # fmt: skip
     return val_acc
 
 

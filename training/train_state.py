@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model_store import Preprocessing
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.errors import TrainError
-from training.model_setup import build_model, make_optimizer
+from training.model_setup import make_optimizer
 from training.options import RESUME_OVERRIDES, TrainOptions
 from training.run_setup import Run, resolve_input_std
 from training.schedule import PlateauSchedule
@@ -38,12 +38,16 @@ class EpochTotals:
     correct: float = 0.0
     count: float = 0.0
     seconds: float = 0.0
+    masked: float = 0.0  # localisation: crops whose box the crop cut off (not in count)
 
-    def add(self, loss: float, correct: float, count: float, seconds: float) -> None:
+    def add(
+        self, loss: float, correct: float, count: float, seconds: float, masked: float = 0.0
+    ) -> None:
         self.loss += loss
         self.correct += correct
         self.count += count
         self.seconds += seconds
+        self.masked += masked
 
 
 @dataclass
@@ -66,7 +70,7 @@ class TrainState:
 def new_state(run: Run, resume: Checkpoint | None) -> TrainState:
     """The initial model and optimiser, or with ``resume`` the checkpoint's state."""
     opts, d = run.opts, run.d
-    model = build_model(opts, len(run.data.labels), d, pretrained=resume is None)
+    model = run.task.build_model(opts, run.data.labels, d, pretrained=resume is None)
     # Channels-last, the model here and every batch: the layout of cuDNN's tensor-core
     # convolutions, which mixed precision runs on.
     model.to(run.device, memory_format=torch.channels_last)
@@ -134,7 +138,7 @@ def save(run: Run, state: TrainState, path: Path) -> None:
         "best_acc": state.best_acc,
         "partial": dataclasses.asdict(state.partial),
         "rgb_stats": run.stats.to_dict(),
-        "metrics": _metrics(state.history, run.test_scale, state.global_step),
+        "metrics": _metrics(state.history, run, state.global_step),
         "world_size": run.d.world,
     }
     save_checkpoint(_checkpoint(run, state.model, training), path)
@@ -145,7 +149,7 @@ def _checkpoint(run: Run, model: VGG, training: dict[str, Any]) -> Checkpoint:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return Checkpoint(
         config=opts.config,
-        num_classes=len(run.data.labels),
+        num_classes=model.num_classes,  # K, or a box regressor's 4 x K or 4
         width=opts.width,
         fc_width=opts.fc_width,
         labels=run.data.labels,
@@ -158,18 +162,20 @@ def _checkpoint(run: Run, model: VGG, training: dict[str, Any]) -> Checkpoint:
         train_scale=run.train_scale,
         state_dict=state,
         training=training,
+        localization=run.task.checkpoint_localization(),
     )
 
 
-def _metrics(history: list[dict[str, float]], test_scale: int, step: int) -> dict[str, Any]:
+def _metrics(history: list[dict[str, float]], run: Run, step: int) -> dict[str, Any]:
     """The run's summary, which an export copies into the manifest's provenance."""
     if not history:
         return {"steps": step}
-    best = min(history, key=lambda h: h["val_top1_error"])
+    error = f"val_{run.task.error_key}"
+    best = min(history, key=lambda h: h[error])
     return {
-        "val_top1_error": round(best["val_top1_error"], 6),
+        error: round(best[error], 6),
         "val_loss": round(best["val_loss"], 6),
-        "val_method": f"dense, single scale Q={test_scale}",
+        "val_method": run.task.metrics_method(run.test_scale),
         "best_epoch": int(best["epoch"]) + 1,
         "epochs": len(history),
         "steps": step,

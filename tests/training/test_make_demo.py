@@ -1,6 +1,6 @@
 """`make demo` (scripts/make_demo_store.sh) runs end to end: data, A, D and E from A, export, the
-ensemble, evaluation on the unseen test seed. Tiny sizes here; the real run is in
-docs/training.md."""
+ensemble, evaluation on the unseen test seed, then the localisation net demo-loc from D and the
+Table 8 variants. Tiny sizes here; the real run is in docs/training.md."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
         "TEST_PER_CLASS": "1",
         "A_EPOCHS": "1",
         "DE_EPOCHS": "1",
+        "LOC_EPOCHS": "1",
+        "LOC_COMPARE_EPOCHS": "1",
         "WORKERS": "0",
         "NICE": "",
     }
@@ -41,8 +43,17 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
 
     store = ModelStore(tmp_path / "store")
     entries, broken = store.scan()
-    assert sorted(entries) == ["demo-d", "demo-e"] and not broken
+    assert sorted(entries) == ["demo-d", "demo-e", "demo-loc"] and not broken
     assert entries["demo-d"].manifest.config == "D" and entries["demo-e"].manifest.config == "E"
+    loc = entries.pop("demo-loc").manifest
+    assert loc.task == "localization" and loc.localization is not None
+    assert loc.localization.model_dump() == {
+        "regression": "per-class", "tuned": "all", "classifier": "demo-de"
+    }  # fmt: skip
+    variants = ModelStore(tmp_path / "work" / "loc-store").scan()[0]
+    assert sorted(variants) == [f"demo-loc-{v}" for v in ("pcr-all", "pcr-fc", "scr-all", "scr-fc")]
+    loc_errors = json.loads((tmp_path / "work" / "loc_test_errors.json").read_text())
+    assert all(r["images"] == len(CLASSES) for r in loc_errors.values()) and len(loc_errors) == 4
     for entry in entries.values():
         assert entry.manifest.labels == list(CLASSES)
         assert (entry.manifest.train_scale.min, entry.manifest.train_scale.max) == (224, 320)
