@@ -55,10 +55,29 @@ def register(commands: Any) -> None:
         help="top-1 and top-5 error on a labelled image folder, as the paper's tables",
         description="Evaluate models and their ensemble on an ImageFolder-layout folder with the "
         "code that serves /classify (docs/evaluation.md). Several models are evaluated one by "
-        "one and as their ensemble; a named ensemble likewise. Settings such as "
+        "one and as their ensemble; a named ensemble likewise. With --task localization, a "
+        "localization model's top-1 and top-5 localisation error by the code that serves "
+        "/localize, and its central-crop error (Tables 8 and 9). Settings such as "
         "VERYDEEP_DEVICE and VERYDEEP_MAX_SCALE apply as in serve.",
     )
     _store_option(p)
+    p.add_argument(
+        "--task",
+        choices=["classification", "localization"],
+        default="classification",
+        help="localization: --model is one localization model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--classify-with",
+        metavar="NAME[,NAME...]",
+        help="--task localization: the classifier that ranks the classes (default: the "
+        "localization model's manifest's localization.classifier)",
+    )
+    p.add_argument(
+        "--boxes",
+        metavar="DIR",
+        help="--task localization: ILSVRC's VOC XML box files (default: DATA/annotations.json)",
+    )
     p.add_argument(
         "--model",
         required=True,
@@ -258,6 +277,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = settings_or_none("evaluate", {"model_store": ("--store", args.store)})
     if settings is None:
         return 2
+    if args.task == "localization":
+        return _evaluate_localization(args, settings)
+    for flag, value in (("--classify-with", args.classify_with), ("--boxes", args.boxes)):
+        if value is not None:
+            print(f"verydeep evaluate: error: {flag} is for --task localization", file=sys.stderr)
+            return 2
 
     from model_store import ModelStore
     from service.core.evaluate import (
@@ -293,6 +318,47 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.maps:
         print(f"score maps drawn in {args.maps}")
+    return 0
+
+
+def _evaluate_localization(args: argparse.Namespace, settings: Settings) -> int:
+    from model_store import ModelStore
+    from service.core.evaluate import EvaluationError, parse_scales
+    from service.core.evaluate_localization import (
+        evaluate_localization,
+        format_table,
+        write_json,
+    )
+
+    for flag, given in (("--method", args.method != "dense"), ("--maps", args.maps is not None)):
+        if given:
+            print(
+                f"verydeep evaluate: error: {flag} is for --task classification (localization "
+                "is dense)",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        row = evaluate_localization(
+            ModelStore(settings.model_store),
+            args.model,
+            args.data,
+            classify_with=args.classify_with,
+            boxes_dir=args.boxes,
+            scales=parse_scales(args.scales, settings.max_scale),
+            flip=args.flip,
+            limit=args.limit,
+            class_match=args.class_match,
+            settings=settings,
+            progress=args.progress,
+        )
+    except EvaluationError as err:
+        print(f"verydeep evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table([row]))
+    if args.json:
+        write_json([row], args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -210,6 +210,11 @@ def plan(
     except ServiceError as err:
         raise EvaluationError(f"--{err.message}") from None
     engines = {name: _open(store, name, settings, ensembles) for name in parsed.members}
+    for name, engine in engines.items():
+        if engine.manifest.task == "localization":
+            raise EvaluationError(
+                f"{name!r} is a localization model: evaluate it with --task localization"
+            )
     try:
         check_labels(parsed, list(engines.values()))
     except ServiceError:

@@ -82,15 +82,18 @@ def cell_boxes(
     rescaled: tuple[int, int],
     size: tuple[int, int],
     mirrored: bool,
+    offset: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """``(h * w, 4)``: class ``cls``'s box at every cell of one view's box map ``(C, h, w)``,
     row-major, in the pixels of the ``size`` (W, H) image whose view was ``rescaled`` (W_Q, H_Q)
-    (and mirrored, when ``mirrored``); step 3 of the module's procedure."""
+    (and mirrored, when ``mirrored``); step 3 of the module's procedure. ``offset``: the (x, y)
+    of the view in the rescaled image, for a crop of it (the central-crop protocol)."""
     assert manifest.localization is not None
     first = 4 * cls if manifest.localization.regression == "per-class" else 0
     channels = np.asarray(box_map[first : first + 4], dtype=np.float64)
     _, h, w = channels.shape
-    boxes = box_ops.decode(channels.transpose(1, 2, 0), box_ops.cell_origins(h, w))
+    origins = box_ops.cell_origins(h, w) + np.asarray(offset, dtype=np.float64)
+    boxes = box_ops.decode(channels.transpose(1, 2, 0), origins)
     if mirrored:
         boxes = box_ops.mirror(boxes, rescaled[0])
     sx, sy = size[0] / rescaled[0], size[1] / rescaled[1]

@@ -1,0 +1,340 @@
+"""Offline localisation evaluation (paper Appendix A, Tables 8 and 9): ``verydeep evaluate
+--task localization``.
+
+Two protocols over a labelled image folder whose boxes come from ``annotations.json`` or
+ILSVRC's VOC XML files (``model_store.annotations.folder_annotations``):
+
+- the fully-fledged one (Table 9): every image goes through the very function ``/localize``
+  runs (``service.core.localize.localize``), decoded by ``imaging.decode`` with the service's
+  limits, at the same scales, flip and classifier. A guess is right when its class is the
+  image's and its box has IoU >= 0.5 with one of the image's truth boxes
+  (``model_store.boxes.iou``): the top-1 error counts images whose first guess is wrong, the
+  top-5 error images whose five guesses all are;
+- the central crop (Table 8), which factors classification out: the image rescaled to the
+  localisation net's single test scale (Q = S, or (S_min + S_max) / 2), its central 224 x 224
+  crop through the net, and the box of the image's class (PCR) or the single box (SCR); an error
+  when its IoU with every truth box is under 0.5.
+
+The folder is read and matched to the labels as ``verydeep evaluate`` reads it
+(``service.core.evaluate.scan_folder``), the models opened and verified as the service opens
+them (``open_engine``), ``--model`` and ``--classify-with`` read as ``/localize`` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_store import ModelStore, StoreError
+from model_store import boxes as box_ops
+from model_store.annotations import AnnotationError, folder_annotations
+from model_store.imaging import ImageError, decode
+from model_store.progress import progress_bar
+from service.core.engine import Engine
+from service.core.errors import ServiceError
+from service.core.evaluate import (
+    ClassMatch,
+    EvaluationError,
+    ScaleChoice,
+    _open,
+    class_balanced,
+    scan_folder,
+)
+from service.core.localize import Localized, cell_boxes, localize
+from service.core.localize_request import boxes_per_class
+from service.core.merging import MERGE_IOU
+from service.core.protocol import CROP, ScaledImages
+from service.core.resolve import ModelSpec, check_labels, parse_spec
+from service.settings import Settings
+
+HIT_IOU = 0.5
+"""ILSVRC's criterion: a box is right when its IoU with a truth box is at least this."""
+
+
+@dataclass
+class LocalizationRow:
+    """The result of one localisation net ranked by one classifier."""
+
+    model: str
+    classified_by: str
+    members: list[str]
+    scales: list[int]
+    flip: bool
+    central_scale: int
+    images: int = 0
+    top1_errors: int = 0
+    top5_errors: int = 0
+    central_errors: int = 0
+    seconds: float = 0.0
+
+    def _rate(self, count: int) -> float:
+        return count / self.images if self.images else float("nan")
+
+    @property
+    def top1_error(self) -> float:
+        return self._rate(self.top1_errors)
+
+    @property
+    def top5_error(self) -> float:
+        return self._rate(self.top5_errors)
+
+    @property
+    def central_error(self) -> float:
+        return self._rate(self.central_errors)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "classified_by": self.classified_by,
+            "members": self.members,
+            "task": "localization",
+            "scales": self.scales,
+            "flip": self.flip,
+            "images": self.images,
+            "top1_localization_error": self.top1_error,
+            "top5_localization_error": self.top5_error,
+            "central_crop_scale": self.central_scale,
+            "central_crop_error": self.central_error,
+            "images_per_s": self.images_per_s,
+        }
+
+
+def best_iou(box: Sequence[float], truths: Sequence[Sequence[float]]) -> float:
+    """The largest IoU of ``box`` with any of ``truths``."""
+    return float(np.max(box_ops.iou(np.asarray(box)[None], np.asarray(truths))))
+
+
+def guess_is_right(index: int, box: Sequence[float], label: int, truths) -> bool:
+    """ILSVRC's rule: the right class, and a box of IoU >= 0.5 with a truth box."""
+    return index == label and best_iou(box, truths) >= HIT_IOU
+
+
+def central_crop_box(
+    locnet: Engine, inputs: ScaledImages, size: tuple[int, int], label: int, q: int
+) -> np.ndarray:
+    """Table 8's protocol: the box of class ``label`` (PCR) or the single box (SCR) that the net
+    regresses on the central 224 crop of the image rescaled to ``q``, in the image's pixels."""
+    x = inputs.get(q, locnet.manifest.preprocessing)
+    _, height, width = x.shape
+    top, left = (height - CROP) // 2, (width - CROP) // 2
+    crop = np.ascontiguousarray(x[None, :, top : top + CROP, left : left + CROP])
+    box_map = locnet.scores(crop)[0]
+    boxes = cell_boxes(box_map, label, locnet.manifest, (width, height), size, False, (left, top))
+    return boxes[0]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    locnet: Engine
+    classifier: str
+    members: tuple[Engine, ...]
+    scales: list[int]
+
+
+def _plan(
+    store: ModelStore,
+    model: str,
+    classify_with: str | None,
+    scales: ScaleChoice,
+    settings: Settings,
+) -> _Plan:
+    try:
+        ensembles = store.ensembles()
+    except StoreError:
+        ensembles = {}
+    if "," in model or model in ensembles:
+        raise EvaluationError(
+            f"--model: {model!r} is not one model; --task localization takes one localization model"
+        )
+    locnet = _open(store, model, settings, ensembles)
+    loc = locnet.manifest.localization
+    if loc is None:
+        raise EvaluationError(
+            f"--model: {model!r} is a classification model; --task localization takes a "
+            "localization model (and the classifier as --classify-with)"
+        )
+    spec = classify_with or loc.classifier
+    if spec is None:
+        raise EvaluationError(
+            f"{model!r} names no classifier in its manifest; pass --classify-with NAME"
+        )
+    try:
+        parsed = parse_spec(spec, ensembles)
+    except ServiceError as err:
+        raise EvaluationError(f"--classify-with: {err.message.removeprefix('model: ')}") from None
+    if classify_with is None and not set(parsed.members) <= set(store.names()):
+        raise EvaluationError(
+            f"the classifier of {model!r}, {spec!r}, is not in {store.root}; pass "
+            "--classify-with NAME"
+        )
+    members = tuple(_open(store, name, settings, ensembles) for name in parsed.members)
+    for m in members:
+        if m.manifest.task == "localization":
+            raise EvaluationError(f"--classify-with: {m.name!r} is a localization model")
+    try:
+        check_labels(ModelSpec(parsed.name, (), "list"), [locnet, *members])
+    except ServiceError:
+        raise EvaluationError(
+            f"--classify-with: {parsed.name!r} has other labels than {model!r}"
+        ) from None
+    if scales == "default":
+        chosen = list(locnet.manifest.test_scales)
+    elif scales == "single":
+        chosen = [locnet.manifest.train_scale.single_test_scale()]
+    else:
+        chosen = list(scales)
+    return _Plan(locnet, parsed.name, members, chosen)
+
+
+ImageHook = Callable[[Path, Localized, np.ndarray], None]
+
+
+def evaluate_localization(
+    store: ModelStore,
+    model: str,
+    data: str | Path,
+    *,
+    classify_with: str | None = None,
+    boxes_dir: str | Path | None = None,
+    scales: ScaleChoice = "default",
+    flip: bool = True,
+    limit: int | None = None,
+    class_match: ClassMatch = "name",
+    settings: Settings | None = None,
+    progress: bool = True,
+    on_image: ImageHook | None = None,
+) -> LocalizationRow:
+    """Both protocols for ``model`` ranked by ``classify_with`` (default: its manifest's
+    classifier) on ``data``; ``on_image(path, localized, central_box)`` sees every image."""
+    settings = settings or Settings()
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"--limit must be at least 1, not {limit}")
+    run = _plan(store, model, classify_with, scales, settings)
+    locnet, manifest = run.locnet, run.locnet.manifest
+    root = Path(data)
+    images = scan_folder(root, manifest.labels, class_match)
+    if limit is not None:
+        images = class_balanced(images)[:limit]
+    files = [item.path.relative_to(root).as_posix() for item in images]
+    try:
+        truth = folder_annotations(root, files, boxes_dir)
+    except AnnotationError as err:
+        raise EvaluationError(str(err)) from None
+    central_q = manifest.train_scale.single_test_scale()
+    k = min(5, manifest.num_classes)
+    row = LocalizationRow(
+        model=locnet.name,
+        classified_by=run.classifier,
+        members=[m.name for m in run.members],
+        scales=sorted(run.scales),
+        flip=flip,
+        central_scale=central_q,
+    )
+    limits = settings.image_limits()
+    bar = progress_bar(list(zip(images, files, strict=True)), desc="evaluate", unit="img",
+                       enabled=progress)  # fmt: skip
+    for item, file in bar:
+        started = time.perf_counter()
+        try:
+            data_bytes = item.path.read_bytes()
+            decoded = decode(
+                data_bytes, limits, max_scale=max(run.scales) if settings.jpeg_draft else None
+            )
+            central = decoded
+            if settings.jpeg_draft and central_q > max(run.scales):
+                central = decode(data_bytes, limits, max_scale=central_q)
+        except (OSError, ImageError) as err:
+            raise EvaluationError(f"{item.path}: {err}") from None
+        size = (decoded.width, decoded.height)
+        _check_boxes(item.path, decoded.image.size, run.scales, flip, settings)
+        inputs = ScaledImages(decoded.image)
+        try:
+            result = localize(
+                locnet, run.members, decoded.image, size, run.scales, flip, k,
+                threshold=MERGE_IOU, cache=inputs,
+            )  # fmt: skip
+        except ServiceError as err:
+            raise EvaluationError(f"{item.path}: {err.message}") from None
+        boxes = truth[file].boxes
+        hits = [guess_is_right(p.index, p.box, item.label, boxes) for p in result.predictions]
+        if central is not decoded:
+            inputs = ScaledImages(central.image)
+        crop_box = central_crop_box(locnet, inputs, size, item.label, central_q)
+        row.images += 1
+        row.top1_errors += not hits[0]
+        row.top5_errors += not any(hits[:5])
+        row.central_errors += best_iou(crop_box, boxes) < HIT_IOU
+        row.seconds += time.perf_counter() - started
+        if on_image is not None:
+            on_image(item.path, result, crop_box)
+        bar.set_postfix_str(
+            f"top-5 loc err {row.top5_error:.1%} central crop err {row.central_error:.1%}"
+        )
+    return row
+
+
+def _check_boxes(
+    path: Path, size: tuple[int, int], scales: list[int], flip: bool, settings: Settings
+) -> None:
+    n = boxes_per_class(size, scales, flip)
+    if n > settings.max_localize_boxes:
+        raise EvaluationError(
+            f"{path}: {n} boxes per class to merge at these scales; the limit "
+            f"(VERYDEEP_MAX_LOCALIZE_BOXES) is {settings.max_localize_boxes}"
+        )
+
+
+def format_table(rows: Sequence[LocalizationRow]) -> str:
+    """The rows as the paper's Tables 8 and 9: errors in %."""
+    header = (
+        "ConvNet",
+        "classified by",
+        "test (Q)",
+        "flip",
+        "images",
+        "top-1 loc err (%)",
+        "top-5 loc err (%)",
+        "central crop",
+        "crop err (%)",
+        "img/s",
+    )
+    body = [
+        (
+            r.model,
+            r.classified_by,
+            ",".join(str(q) for q in r.scales),
+            "yes" if r.flip else "no",
+            str(r.images),
+            f"{100 * r.top1_error:.1f}",
+            f"{100 * r.top5_error:.1f}",
+            f"Q={r.central_scale}",
+            f"{100 * r.central_error:.1f}",
+            f"{r.images_per_s:.2f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    numeric = {4, 5, 6, 8, 9}
+
+    def fmt(line: Sequence[str]) -> str:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
+
+
+def write_json(rows: Sequence[LocalizationRow], path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"results": [r.as_json() for r in rows]}, indent=2) + "\n")
