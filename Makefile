@@ -64,10 +64,12 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m bench.run --full
 
-# On a GPU host: the suite on the CUDA provider with float32, then float16 exports.
+# On a GPU host: the suite on the CUDA provider with float32, then float16 exports, then the
+# preprocessing graph against Pillow and torchvision (docs/gpu.md, "Preprocessing on the GPU").
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.run --quick --device cuda
 	$(BIN)/python -m bench.run --quick --device cuda --fp16
+	$(BIN)/python bench/probes/preprocess_graph_gpu.py --device cuda bench/results/$$(date +%F)-preprocess-graph-cuda.json
 
 demo: $(STAMP)
 	scripts/make_demo_store.sh
