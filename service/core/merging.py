@@ -113,8 +113,11 @@ def _iou_matrix(coords: np.ndarray) -> np.ndarray:
     n = len(coords)
     out = np.empty((n, n), dtype=np.float32)
     step = max(1, _BLOCK_VALUES // n)
-    for start in range(0, n, step):
-        out[start : start + step] = box_ops.pairwise_iou(coords[start : start + step], coords)
+    for start in range(0, n, step):  # the upper triangle, copied to the lower (IoU is symmetric)
+        stop = min(start + step, n)
+        block = box_ops.pairwise_iou(coords[start:stop], coords[start:])
+        out[start:stop, start:] = block
+        out[start:, start:stop] = block.T
     np.fill_diagonal(out, _DEAD)
     return out
 
