@@ -230,7 +230,7 @@ def accuracy(ctx: Context, float_store, int8_store, float_name: str, int8_name: 
         ),
         value=agree,
         unit="photos",
-        peer_label="photos",
+        peer_label="photos compared",
         peer=n,
         ratio=share,
         ratio_label="top-1 agreement",
