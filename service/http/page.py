@@ -3,9 +3,10 @@
 
 Plain HTML, CSS and JavaScript in ``service/http/static/``, shipped in the package: no build
 step, nothing from a CDN. The page calls only the public API, at relative URLs (``models``,
-``classify``), so that it works behind a path prefix. It holds no secret, so it and its assets
-are open with ``VERYDEEP_API_KEY`` set (``service/http/security.py``); it asks for the key when
-the API answers 401. Its Content-Security-Policy lets it load and call nothing but the service.
+``classify``, ``localize``), so that it works behind a path prefix. It holds no secret, so it
+and its assets are open with ``VERYDEEP_API_KEY`` set (``service/http/security.py``); it asks for
+the key when the API answers 401. Its Content-Security-Policy lets it load and call nothing but
+the service.
 """
 
 from __future__ import annotations

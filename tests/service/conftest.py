@@ -98,9 +98,7 @@ def paper(service_store: ModelStore) -> PaperProtocol:
 
 
 @pytest.fixture(scope="session")
-def loc_registry(
-    service_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
-) -> Registry:
+def loc_registry(service_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """The localization store of ``helpers.localization_store``, loaded once."""
     store = localization_store(tmp_path_factory.mktemp("localize") / "store", service_store)
     reg = Registry(settings_for(store.root, warmup=False))

@@ -114,7 +114,7 @@ def test_the_script_calls_the_api_at_relative_urls_and_knows_the_pages_ids(
 ) -> None:
     script = (static_directory() / "page.js").read_text()
     calls = re.findall(r"\bapi\(\s*[\"'`]([^\"'`?$]*)", script)
-    assert sorted(set(calls)) == ["classify", "models"], calls
+    assert sorted(set(calls)) == ["classify", "localize", "models"], calls
     assert "fetch(path" in script and script.count("fetch(") == 1
     # No string that starts with "/" (an absolute path) or "//" (another host).
     assert not re.search(r"[\"'`]/", script)

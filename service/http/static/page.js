@@ -1,8 +1,9 @@
 /* The web page of docs/serving.md, "The web page".
  *
- * It uses only the public API, at relative URLs (`models`, `classify`), so that it works behind
- * a path prefix, and it draws the class score maps of docs/serving.md, "Score maps", over the
- * image. The API's error messages are shown as they come; with VERYDEEP_API_KEY set, a 401 shows
+ * It uses only the public API, at relative URLs (`models`, `classify`, `localize`), so that it
+ * works behind a path prefix, and it draws the class score maps of docs/serving.md, "Score maps",
+ * over the image, and, when the store serves a localization model, the boxes of `localize`
+ * (docs/serving.md, "Localizing"). The API's error messages are shown as they come; with VERYDEEP_API_KEY set, a 401 shows
  * the key field, and the key is sent as `Authorization: Bearer <key>` and kept in this tab's
  * sessionStorage only.
  */
@@ -20,6 +21,8 @@ const COLOURS = [
 /* Points of the heatmap's grid along the image's longer side (it is drawn stretched, smoothed). */
 const GRID_POINTS = 320;
 const AVERAGE = "average";
+/* The boxes' colours, by rank of their class (colour-blind safe, Okabe and Ito). */
+const BOX_COLOURS = ["#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7"];
 
 const state = {
   key: readStoredKey(),
@@ -30,6 +33,8 @@ const state = {
   answer: null, // the answer of POST classify for `file`
   busy: false,
   again: false, // another classification was asked for while one ran
+  located: null, // the answer of POST localize for `file`
+  locating: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -134,14 +139,15 @@ async function loadModels() {
 
 function fillModels(info) {
   const select = $("model");
-  const names = new Set([...info.ensembles, ...info.models].map((entry) => entry.name));
+  const classifiers = info.models.filter((m) => !isLocalizer(m));
+  const names = new Set([...info.ensembles, ...classifiers].map((entry) => entry.name));
   select.replaceChildren();
   if (info.default && !names.has(info.default)) {
     select.append(new Option(`${info.default} (default)`, info.default, true, true));
   }
   const groups = [
     ["Ensembles", info.ensembles.map((e) => [e.name, e.members.join(" + ")])],
-    ["Models", info.models.map((m) => [m.name, `${m.config}, ${m.weight_layers} layers`])],
+    ["Models", classifiers.map((m) => [m.name, `${m.config}, ${m.weight_layers} layers`])],
   ];
   for (const [title, items] of groups) {
     if (!items.length) continue;
@@ -153,7 +159,23 @@ function fillModels(info) {
     }
     select.append(group);
   }
+  fillLocalizers(info.models.filter(isLocalizer));
   updateScalesHint();
+}
+
+function isLocalizer(model) {
+  return model.task === "localization";
+}
+
+/* The localization models, when there are any: the Localize button appears. */
+function fillLocalizers(localizers) {
+  const select = $("loc-model");
+  select.replaceChildren();
+  for (const m of localizers) {
+    const by = m.localization.classifier ? `, ranked by ${m.localization.classifier}` : "";
+    select.append(new Option(`${m.name} (${m.localization.regression}${by})`, m.name));
+  }
+  $("localize-controls").hidden = localizers.length === 0;
 }
 
 /* The test scales that a request without `scales` runs: each member's own. */
@@ -187,6 +209,7 @@ function setImage(file) {
   $("no-preview").hidden = true;
   reveal($("status"));
   clearAnswer();
+  clearBoxes();
   updateRunButton();
   classify();
 }
@@ -195,14 +218,19 @@ function onPreviewLoad() {
   state.previewOk = true;
   $("preview").hidden = false;
   $("no-preview").hidden = true;
-  drawMap();
+  redraw();
 }
 
 function onPreviewError() {
   state.previewOk = false;
   $("preview").hidden = true;
   $("no-preview").hidden = false;
+  redraw();
+}
+
+function redraw() {
   drawMap();
+  drawBoxes();
 }
 
 function firstFile(items) {
@@ -287,6 +315,128 @@ function onSubmit(event) {
 function updateRunButton() {
   $("run").disabled = !state.file || state.busy;
   $("run").textContent = state.busy ? "Classifying..." : "Classify";
+  $("localize").disabled = !state.file || state.locating;
+  $("localize").textContent = state.locating ? "Localizing..." : "Localize";
+}
+
+/* ---- Localizing ---- */
+
+function localizeParams() {
+  const params = new URLSearchParams();
+  if ($("loc-model").value) params.set("model", $("loc-model").value);
+  const scales = $("scales").value.replace(/\s+/g, "");
+  if (scales) params.set("scales", scales);
+  params.set("flip", $("flip").checked ? "true" : "false");
+  return params;
+}
+
+async function localize() {
+  if (!state.file || state.locating) return;
+  const file = state.file;
+  const body = new FormData();
+  body.append("image", file, file.name || "pasted-image");
+  state.locating = true;
+  updateRunButton();
+  hideError();
+  clearBoxes();
+  setStatus(`Localizing ${file.name || "the pasted image"}...`);
+  try {
+    const answer = await api(`localize?${localizeParams()}`, { method: "POST", body });
+    if (state.file === file) showBoxes(answer);
+  } catch (err) {
+    if (state.file === file) {
+      setStatus("");
+      showError(err);
+      if (err.status === 401) askForKey();
+    }
+  } finally {
+    state.locating = false;
+    updateRunButton();
+  }
+}
+
+function clearBoxes() {
+  state.located = null;
+  $("loc-answer").hidden = true;
+  drawBoxes();
+}
+
+function showBoxes(answer) {
+  state.located = answer;
+  const list = $("box-list");
+  list.replaceChildren();
+  answer.predictions.forEach((p, rank) => {
+    const swatch = element("span", "swatch");
+    swatch.style.background = BOX_COLOURS[rank % BOX_COLOURS.length];
+    const [x0, y0, x1, y1] = p.box.map((c) => Math.round(c));
+    const item = document.createElement("li");
+    item.append(
+      swatch,
+      element("span", "name", p.label),
+      ` ${percent(p.probability)}, box (${x0}, ${y0})-(${x1}, ${y1}), box score ` +
+        `${p.box_score.toFixed(2)}`,
+    );
+    list.append(item);
+  });
+  const t = answer.timing_ms;
+  const rows = [
+    ["Boxes by", answer.model],
+    ["Ranked by", answer.classified_by],
+    ["Scales", `${answer.scales.join(", ")}, ${answer.flip ? "with" : "without"} flip`],
+    ["Boxes merged", `${answer.boxes_per_class} per class`],
+    [
+      "Time",
+      `decode ${number(t.decode)} ms, inference ${number(t.inference)} ms (merging ` +
+        `${number(t.merge)} ms), total ${number(t.total)} ms`,
+    ],
+  ];
+  $("loc-summary").replaceChildren(
+    ...rows.flatMap(([term, value]) => [element("dt", "", term), element("dd", "", value)]),
+  );
+  $("loc-title").textContent = `Boxes of the top ${answer.predictions.length}`;
+  $("loc-answer").hidden = false;
+  const top = answer.predictions[0];
+  setStatus(`${top.label}: box score ${top.box_score.toFixed(2)} (${number(t.total)} ms)`);
+  drawBoxes();
+}
+
+/* The boxes over the image: the upload's pixels scaled to the displayed size, most probable
+ * class on top, each with its label. */
+function drawBoxes() {
+  const canvas = $("boxes");
+  const answer = state.located;
+  if (!answer) {
+    sizeCanvas(canvas, 0, 0);
+    return;
+  }
+  const size = displaySize(answer.image);
+  sizeCanvas(canvas, size.width, size.height);
+  if (!size.width || !size.height) return;
+  const ratio = window.devicePixelRatio || 1;
+  const sx = (size.width * ratio) / answer.image.width;
+  const sy = (size.height * ratio) / answer.image.height;
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.lineWidth = 2 * ratio;
+  context.font = `${Math.round(12 * ratio)}px sans-serif`;
+  context.textBaseline = "top";
+  [...answer.predictions].reverse().forEach((p) => {
+    const rank = answer.predictions.indexOf(p);
+    const colour = BOX_COLOURS[rank % BOX_COLOURS.length];
+    const [x0, y0, x1, y1] = p.box;
+    const left = x0 * sx;
+    const top = y0 * sy;
+    context.strokeStyle = colour;
+    context.strokeRect(left, top, (x1 - x0) * sx, (y1 - y0) * sy);
+    const text = `${p.label} ${percent(p.probability)}`;
+    const width = context.measureText(text).width + 6 * ratio;
+    const height = 16 * ratio;
+    const y = top >= height ? top - height : top;
+    context.fillStyle = colour;
+    context.fillRect(left, y, width, height);
+    context.fillStyle = "#000";
+    context.fillText(text, left + 3 * ratio, y + 2 * ratio);
+  });
 }
 
 /* ---- The answer ---- */
@@ -581,14 +731,15 @@ function start() {
   $("key-form").addEventListener("submit", onKeySubmit);
   $("key-forget").addEventListener("click", onKeyForget);
   $("classify-form").addEventListener("submit", onSubmit);
+  $("localize").addEventListener("click", localize);
   $("file").addEventListener("change", (event) => setImage(event.target.files[0]));
   $("model").addEventListener("change", updateScalesHint);
   $("map-scale").addEventListener("change", drawMap);
   $("opacity").addEventListener("input", drawMap);
   $("preview").addEventListener("load", onPreviewLoad);
   $("preview").addEventListener("error", onPreviewError);
-  new ResizeObserver(() => drawMap()).observe($("preview"));
-  window.addEventListener("resize", drawMap);
+  new ResizeObserver(() => redraw()).observe($("preview"));
+  window.addEventListener("resize", redraw);
   wireDropAndPaste();
   if (state.key) $("key-form").hidden = false;
   loadModels();
