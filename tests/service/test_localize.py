@@ -365,3 +365,12 @@ def test_the_openapi_document_describes_localize(loc_client: TestClient) -> None
     assert names == {"model", "classify_with", "scales", "flip", "top_k"}
     schema = json.dumps(document["components"]["schemas"]["LocalizedPrediction"])
     assert "box_score" in schema
+
+
+def test_a_localization_past_the_request_timeout_is_a_504(
+    loc_registry: Registry, png: bytes
+) -> None:
+    settings = settings_for(loc_registry.settings.model_store, request_timeout=0.001)
+    with TestClient(create_app(settings, registry=loc_registry)) as client:
+        response = post(client, png, model="loc-pcr", scales="256,288")
+        assert response.status_code == 504 and error(response)["code"] == "timeout"
