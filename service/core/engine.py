@@ -150,6 +150,15 @@ class Engine:
     def manifest(self) -> Manifest:
         return self._manifest
 
+    @functools.cached_property
+    def int8_note(self) -> str | None:
+        """What ``/models`` and the start-up log say of an int8 model on this device and CPU
+        (``sessions.model_int8_note``, which reads how the entry was exported); None otherwise."""
+        manifest = self._manifest
+        return sessions.model_int8_note(
+            manifest.onnx.dtype, self.provider, manifest.provenance.metrics
+        )
+
     @property
     def sessions(self) -> int:
         """How many onnxruntime sessions of the model are loaded."""

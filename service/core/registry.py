@@ -27,7 +27,7 @@ from model_store.scales import quoted
 from service.core.engine import Engine, open_engine
 from service.core.errors import InvalidParameter, ServiceError, UnknownModel, UnsupportedModel
 from service.core.resolve import MAX_SPEC_LENGTH, ModelSpec, check_labels, parse_spec
-from service.core.sessions import EngineError, model_int8_note
+from service.core.sessions import EngineError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -320,9 +320,8 @@ class Registry:
             with self._lock:
                 self._models[name] = engine
             log.info("loaded %s on %s", name, engine.provider)
-            note = model_int8_note(engine.manifest.onnx.dtype, engine.provider)
-            if note:
-                log.warning("int8 model %s: %s", name, note)
+            if engine.int8_note:
+                log.warning("int8 model %s: %s", name, engine.int8_note)
 
     def _load_ensembles(self) -> None:
         try:

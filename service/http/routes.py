@@ -18,7 +18,6 @@ from service.core.errors import NotReady
 from service.core.gate import WorkGate
 from service.core.localize_request import LocalizeRequest, localize_bytes
 from service.core.registry import Registry
-from service.core.sessions import model_int8_note
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
 from service.http.metrics import Metrics
@@ -286,7 +285,7 @@ async def list_models(request: Request) -> ModelsResponse:
             ModelInfo(
                 **engine.manifest.summary(),
                 provider=engine.provider,
-                int8_note=model_int8_note(engine.manifest.onnx.dtype, engine.provider),
+                int8_note=engine.int8_note,
             )
             for _, engine in sorted(registry.models.items())
         ],

@@ -6,10 +6,14 @@ service's cached probe."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from model_store import cpu
 from service.core import sessions
+from service.http.app import create_app
+from tests.service.helpers import TestClient, settings_for
 
 NO_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"
 AVX512_NO_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
@@ -82,7 +86,9 @@ def test_model_note_on_a_cpu_with_vnni_is_none_either_way(fake_cpu) -> None:
         assert sessions.model_int8_note("int8", sessions.CPU, metrics) is None
 
 
-def test_export_records_what_the_note_reads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_records_what_the_note_reads(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """An int8 export records ``int8_reduce_range`` as the exporting CPU decided it (faked: no
     VNNI, so reduce_range), and the note of that entry on such a CPU is about speed only."""
     from tests.service.helpers import variants_store
@@ -99,6 +105,13 @@ def test_export_records_what_the_note_reads(tmp_path, monkeypatch: pytest.Monkey
     sessions._this_cpu_int8_note.cache_clear()
     try:
         note = sessions.model_int8_note("int8", sessions.CPU, metrics)
+        # and what the service says of that entry, in /models and in its start-up log
+        with caplog.at_level(logging.WARNING), TestClient(
+            create_app(settings_for(store.root))
+        ) as client:  # fmt: skip
+            served = {m["name"]: m for m in client.get("/models").json()["models"]}["q"]
     finally:
         sessions._this_cpu_int8_note.cache_clear()
     assert note == cpu.int8_note(NO_VNNI, reduce_range=True) and "overflow" not in note
+    assert served["int8_note"] == note
+    assert f"int8 model q: {note}" in [r.getMessage() for r in caplog.records]
