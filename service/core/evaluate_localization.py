@@ -123,7 +123,7 @@ def central_crop_box(
 ) -> np.ndarray:
     """Table 8's protocol: the box of class ``label`` (PCR) or the single box (SCR) that the net
     regresses on the central 224 crop of the image rescaled to ``q``, in the image's pixels."""
-    x = inputs.get(q, locnet.manifest.preprocessing)
+    x = inputs.get(q, locnet)
     _, height, width = x.shape
     top, left = (height - CROP) // 2, (width - CROP) // 2
     crop = np.ascontiguousarray(x[None, :, top : top + CROP, left : left + CROP])

@@ -130,14 +130,14 @@ def _views(
 ) -> _Views:
     weights = None
     for m in classifiers:
-        x = inputs.get(q, m.manifest.preprocessing)
+        x = inputs.get(q, m)
         score_maps = m.scores(_batch(x, flip), cancel)
         dense[m.name].append(softmax(score_maps.mean(axis=(2, 3), dtype=np.float64)))
         cells = cell_posteriors(score_maps)
         weights = cells if weights is None else weights + cells
     assert weights is not None
     weights /= len(classifiers)
-    x = inputs.get(q, locnet.manifest.preprocessing)
+    x = inputs.get(q, locnet)
     box_maps = locnet.scores(_batch(x, flip), cancel)
     if box_maps.shape[2:] != weights.shape[2:]:
         raise UnsupportedModel(

@@ -1,5 +1,6 @@
 """Rescale and normalise as an ONNX graph fed 8-bit pixels, to run on the device the network runs
-on (issue 14 item 4, docs/gpu.md, "Preprocessing on the GPU"). Not wired into the service yet.
+on (docs/gpu.md, "Preprocessing on the GPU"). The engines use it with ``VERYDEEP_PREPROCESS=graph``
+(``Engine.preprocess``, read by ``protocol.ScaledImages.get``).
 
 ``PreprocessGraph(...).rescaled_input(image, q, preprocessing)`` stands for
 ``to_input(rescale(image, q), preprocessing)`` of ``model_store.imaging``: the same size

@@ -187,14 +187,24 @@ class ScaledImages:
 
     image: Image.Image
     rescaled: dict[int, Image.Image] = field(default_factory=dict)
-    normalized: dict[tuple[int, Preprocessing], np.ndarray] = field(default_factory=dict)
+    normalized: dict[tuple[int, Preprocessing, object], np.ndarray] = field(default_factory=dict)
 
-    def get(self, q: int, preprocessing: Preprocessing) -> np.ndarray:
-        key = (q, preprocessing)
+    def get(self, q: int, model: ScoringModel) -> np.ndarray:
+        """``model``'s input at Q: the image rescaled (smallest side Q) and normalized by its
+        manifest's preprocessing, with Pillow and numpy; or by the preprocessing graph of the
+        model's engine where it has one (``preprocess``: ``VERYDEEP_PREPROCESS=graph``,
+        docs/gpu.md, "Preprocessing on the GPU"), which gives the same size within a pixel
+        level."""
+        preprocessing = model.manifest.preprocessing
+        graph = getattr(model, "preprocess", None)
+        key = (q, preprocessing, graph)
         if key not in self.normalized:
-            if q not in self.rescaled:
-                self.rescaled[q] = rescale(self.image, q)
-            self.normalized[key] = to_input(self.rescaled[q], preprocessing)
+            if graph is not None:
+                self.normalized[key] = graph.rescaled_input(self.image, q, preprocessing)
+            else:
+                if q not in self.rescaled:
+                    self.rescaled[q] = rescale(self.image, q)
+                self.normalized[key] = to_input(self.rescaled[q], preprocessing)
         return self.normalized[key]
 
 
@@ -223,7 +233,7 @@ def model_posterior(
     crops: list[np.ndarray] = []
     maps: dict[int, np.ndarray] = {}
     for q in scales:
-        x = inputs.get(q, model.manifest.preprocessing)
+        x = inputs.get(q, model)
         if method in ("dense", "combined"):
             posteriors, maps[q] = dense_views(model, x, flip, cancel)
             dense.append(posteriors)

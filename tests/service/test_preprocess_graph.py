@@ -158,3 +158,38 @@ def test_other_bad_input_is_refused(graph: PreprocessGraph) -> None:
 def test_a_broken_graph_is_a_clear_error() -> None:
     with pytest.raises(PreprocessFailed, match="cannot load the preprocessing graph"):
         PreprocessGraph(model=b"not an onnx graph")
+
+
+def test_the_service_with_preprocess_graph_answers_as_with_pillow(photos: dict) -> None:
+    """``VERYDEEP_PREPROCESS=graph``: every model's engine rescales and normalizes with the
+    graph, and /classify (an ensemble, so the shared rescaled images too) gives the same top-5
+    and posteriors within 1e-2 of the Pillow path's."""
+    import io
+
+    from service.http.app import create_app
+    from tests.service.helpers import TestClient, settings_for
+
+    buffer = io.BytesIO()
+    photos[(1281, 719)].save(buffer, "JPEG", quality=90)
+    answers = {}
+    for preprocess in ("pillow", "graph"):
+        settings = settings_for(ROOT / "model_store", preprocess=preprocess)
+        with TestClient(create_app(settings)) as client:
+            registry = client.app.state.service.registry
+            graphs = [engine.preprocess for engine in registry.models.values()]
+            assert all((g is not None) == (preprocess == "graph") for g in graphs)
+            response = client.post(
+                "/classify",
+                params={"model": "demo-de", "maps": "top"},
+                files={"image": ("p.jpg", buffer.getvalue(), "image/jpeg")},
+            )
+            assert response.status_code == 200, response.text
+            answers[preprocess] = response.json()
+    pillow, graph = answers["pillow"], answers["graph"]
+    assert [p["index"] for p in graph["predictions"]] == [p["index"] for p in pillow["predictions"]]
+    for a, b in zip(graph["predictions"], pillow["predictions"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-2)
+    # the same geometry: the graph rescales to the very size Pillow does
+    assert [
+        (m["image_width"], m["image_height"], m["width"], m["height"]) for m in graph["maps"]
+    ] == [(m["image_width"], m["image_height"], m["width"], m["height"]) for m in pillow["maps"]]
