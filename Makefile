@@ -70,6 +70,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.run --quick --device cuda
 	$(BIN)/python -m bench.run --quick --device cuda --fp16
 	$(BIN)/python bench/probes/preprocess_graph_gpu.py --device cuda bench/results/$$(date +%F)-preprocess-graph-cuda.json
+	VERYDEEP_PREPROCESS=graph $(BIN)/python -m bench.run --quick --device cuda --only stream --out bench/results/preprocess-graph
 
 demo: $(STAMP)
 	scripts/make_demo_store.sh
