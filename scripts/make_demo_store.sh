@@ -25,7 +25,8 @@ TRAIN_SEED=0 VAL_SEED=1 TEST_SEED=2024 # the test seed is used for nothing else
 A_EPOCHS=${A_EPOCHS:-16}
 DE_EPOCHS=${DE_EPOCHS:-6}
 LOC_EPOCHS=${LOC_EPOCHS:-7}                 # demo-loc (PCR, all layers)
-LOC_COMPARE_EPOCHS=${LOC_COMPARE_EPOCHS:-2} # the other Table 8 variants
+LOC_COMPARE_EPOCHS=${LOC_COMPARE_EPOCHS:-1} # the other Table 8 variants
+LOC_VARIANTS=${LOC_VARIANTS:-pcr-all scr-all pcr-fc scr-fc} # pcr-all is demo-loc
 WORKERS=${WORKERS:-1}
 NICE=${NICE:-nice}
 
@@ -101,7 +102,7 @@ ls -l "$STORE"/demo-d/model.onnx "$STORE"/demo-e/model.onnx
 # demo-loc: PCR, all layers tuned; the other variants of Table 8 for the comparison, exported to
 # a scratch store (not $STORE).
 rm -rf "$WORK"/loc-*
-for variant in pcr-all scr-all pcr-fc scr-fc; do
+for variant in $LOC_VARIANTS; do
     case $variant in pcr-*) regression=per-class ;; *) regression=single ;; esac
     epochs=$LOC_COMPARE_EPOCHS
     [ "$variant" = pcr-all ] && epochs=$LOC_EPOCHS
@@ -114,7 +115,7 @@ stage export-loc "$VERYDEEP" export "$WORK/loc-pcr-all/best.pt" --store "$STORE"
     --classifier demo-de --force
 # The central-crop localisation error (paper Table 8's protocol: the box of the ground-truth
 # class, right at IoU >= 0.5) of each variant on the test images, in $WORK/loc_test_errors.json.
-"$PYTHON" - "$WORK" <<'EOF'
+"$PYTHON" - "$WORK" $LOC_VARIANTS <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ from training.localization import central_crop_error
 
 work = Path(sys.argv[1])
 errors = {}
-for variant in ("pcr-all", "scr-all", "pcr-fc", "scr-fc"):
+for variant in sys.argv[2:]:
     ckpt = load_checkpoint(work / f"loc-{variant}" / "best.pt")
     p = ckpt.preprocessing
     result = central_crop_error(

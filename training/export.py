@@ -229,11 +229,16 @@ def export_to_store(
     the float32 graph before writing (docs/training.md, "int8 export"). With ``localization``
     the model's last layer is a box regressor and the entry's task is ``localization``, its
     map output ``boxes`` (docs/localization.md, "Export")."""
-    outputs = model.num_classes if localization is None else localization.box_channels(len(labels))
+    # A classifier has an output per label; a box regressor 4 per label (PCR) or 4 (SCR).
+    outputs = len(labels) if localization is None else localization.box_channels(len(labels))
     if outputs != model.num_classes:
         raise ExportError(
-            f"{len(labels)} labels for a model with {model.num_classes} outputs"
-            + ("" if localization is None else f" ({localization.regression} regression)")
+            f"{len(labels)} labels for a model with {model.num_classes} "
+            + (
+                "classes"
+                if localization is None
+                else f"outputs ({localization.regression} regression needs {outputs})"
+            )
         )
     if localization is not None and dtype == "int8":
         raise ExportError(

@@ -14,15 +14,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model_store import ModelStore
+from model_store import Localization, ModelStore, Preprocessing, TrainScale
 from training.checkpoint import load_checkpoint
 from training.errors import TrainError
+from training.export import ExportError, export_to_store
 from training.export_checkpoint import export_checkpoint
 from training.from_onnx import load_store_entry
 from training.fully_conv import to_fully_convolutional
 from training.options import TrainOptions
 from training.shapes import CLASSES
 from training.train import train
+from training.vgg import build_vgg
 from verydeep.cli import main as cli
 
 
@@ -168,3 +170,18 @@ def test_classifier_is_for_localisation_checkpoints(tmp_path, classifier, capsys
     code = cli(["export", str(classifier), "--store", str(tmp_path), "--name", "x",
                 "--classifier", "demo-de"])  # fmt: skip
     assert code == 2 and "--classifier is for a localisation checkpoint" in capsys.readouterr().err
+
+
+def test_export_checks_the_regressors_outputs(tmp_path: Path) -> None:
+    pcr = build_vgg("A", 4 * 8, width=1 / 16, fc_width=32)
+    with pytest.raises(ExportError, match="32 outputs \\(single regression needs 4\\)"):
+        export_to_store(
+            pcr,
+            ModelStore(tmp_path),
+            "x",
+            labels=list(CLASSES),
+            preprocessing=Preprocessing(mean=(0, 0, 0)),
+            train_scale=TrainScale(min=256, max=256),
+            source="test",
+            localization=Localization(regression="single"),
+        )

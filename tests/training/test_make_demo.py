@@ -32,6 +32,7 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
         "DE_EPOCHS": "1",
         "LOC_EPOCHS": "1",
         "LOC_COMPARE_EPOCHS": "1",
+        "LOC_VARIANTS": "pcr-all scr-fc",  # both regressions and both tunings
         "WORKERS": "0",
         "NICE": "",
     }
@@ -51,9 +52,11 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
         "regression": "per-class", "tuned": "all", "classifier": "demo-de"
     }  # fmt: skip
     variants = ModelStore(tmp_path / "work" / "loc-store").scan()[0]
-    assert sorted(variants) == [f"demo-loc-{v}" for v in ("pcr-all", "pcr-fc", "scr-all", "scr-fc")]
+    assert sorted(variants) == ["demo-loc-pcr-all", "demo-loc-scr-fc"]
+    assert variants["demo-loc-scr-fc"].manifest.localization.regression == "single"
     loc_errors = json.loads((tmp_path / "work" / "loc_test_errors.json").read_text())
-    assert all(r["images"] == len(CLASSES) for r in loc_errors.values()) and len(loc_errors) == 4
+    assert sorted(loc_errors) == ["pcr-all", "scr-fc"]
+    assert all(r["images"] == len(CLASSES) for r in loc_errors.values())
     for entry in entries.values():
         assert entry.manifest.labels == list(CLASSES)
         assert (entry.manifest.train_scale.min, entry.manifest.train_scale.max) == (224, 320)
