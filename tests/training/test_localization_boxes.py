@@ -125,9 +125,7 @@ def test_the_central_crop_keeps_every_truth_box_unclipped() -> None:
     assert x.shape == (3, 224, 224)
     assert target["truth"][0].tolist() == pytest.approx([-4.71875, 48, 101.84375, 176])
     assert target["truth"][1].tolist() == [0, 0, 0, 0]  # padding: an empty box
-    assert target["box"].tolist() == pytest.approx(
-        _params(101.84375 / 2, 112, 101.84375, 128)
-    )
+    assert target["box"].tolist() == pytest.approx(_params(101.84375 / 2, 112, 101.84375, 128))
 
 
 def test_boxes_are_read_for_a_folder(shapes_data, tmp_path: Path) -> None:
