@@ -8,6 +8,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
      "labels": [...], "preprocessing": {...}, "train_scale": {"min": 256, "max": 512},
      "state_dict": {...},            # training.vgg.VGG (FC form)
      "training": {...}}              # optional: epoch, optimiser, scheduler, history, RNG states
+
+A localisation net's checkpoint also has ``"localization": {"regression", "tuned"}``
+(docs/localization.md, "Training"); its ``model.num_classes`` is then the box regressor's outputs
+(4 x K or 4) and ``labels`` the K classes.
 """
 
 from __future__ import annotations

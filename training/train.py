@@ -22,7 +22,10 @@ Outputs in ``--out``: ``last.pt`` and ``best.pt`` (``training.checkpoint`` forma
 (per epoch), ``steps.csv`` (per step), ``tensorboard/`` and ``curves.png``.
 
 The loop is here: ``train_epoch`` and ``validate_epoch`` advance a ``TrainState`` (what a checkpoint
-holds, ``training.train_state``) within a ``Run`` (what stays fixed, ``training.run_setup``).
+holds, ``training.train_state``) within a ``Run`` (what stays fixed, ``training.run_setup``). The
+run's task (``training.tasks``) gives the datasets, the model, a batch's loss and the validation:
+classification as above, or ``--task localization`` (paper Appendix A: a box regressor for fc8,
+Euclidean loss, central-crop validation; docs/localization.md, "Training").
 """
 
 from __future__ import annotations
