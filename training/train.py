@@ -311,9 +311,9 @@ def _show(bar: Any, state: TrainState) -> None:
     """The epoch's running means on the progress bar."""
     p = state.partial
     bar.set_postfix(
-        loss=f"{p.loss / p.count:.3f}",
-        acc=f"{p.correct / p.count:.3f}",
-        img_s=f"{p.count / p.seconds:.1f}",
+        loss=f"{p.loss / max(p.count, 1):.3f}",
+        acc=f"{p.correct / max(p.count, 1):.3f}",
+        img_s=f"{(p.count + p.masked) / p.seconds:.1f}",
         lr=f"{state.schedule.lr:.2g}",
         refresh=False,  # the bar redraws when its interval has passed (docs/training.md)
     )
