@@ -52,11 +52,16 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
         "regression": "per-class", "tuned": "all", "classifier": "demo-de"
     }  # fmt: skip
     variants = ModelStore(tmp_path / "work" / "loc-store").scan()[0]
-    assert sorted(variants) == ["demo-loc-pcr-all", "demo-loc-scr-fc"]
+    # the variants, and the classifier that ranks their classes in the evaluation
+    assert sorted(variants) == ["demo-d", "demo-e", "demo-loc-pcr-all", "demo-loc-scr-fc"]
     assert variants["demo-loc-scr-fc"].manifest.localization.regression == "single"
     loc_errors = json.loads((tmp_path / "work" / "loc_test_errors.json").read_text())
     assert sorted(loc_errors) == ["pcr-all", "scr-fc"]
     assert all(r["images"] == len(CLASSES) for r in loc_errors.values())
+    for row in loc_errors.values():  # by `verydeep evaluate --task localization`
+        assert row["task"] == "localization" and row["classified_by"] == "demo-de"
+        for key in ("central_crop_error", "top1_localization_error", "top5_localization_error"):
+            assert 0 <= row[key] <= 1
     for entry in entries.values():
         assert entry.manifest.labels == list(CLASSES)
         assert (entry.manifest.train_scale.min, entry.manifest.train_scale.max) == (224, 320)
