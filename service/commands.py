@@ -129,6 +129,12 @@ def register(commands: Any) -> None:
         help="also write the results to this JSON file (default: the table only)",
     )
     p.add_argument(
+        "--draw",
+        metavar="DIR",
+        help="--task localization: also draw each image into DIR/<class>/<image>.png with its "
+        "truth (green), top-1 (red) and central-crop (dashed blue) boxes (default: none)",
+    )
+    p.add_argument(
         "--maps",
         metavar="DIR",
         help="also draw each image's dense score maps into DIR/<model>/<class>/<image>.png: "
@@ -279,7 +285,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     if args.task == "localization":
         return _evaluate_localization(args, settings)
-    for flag, value in (("--classify-with", args.classify_with), ("--boxes", args.boxes)):
+    for flag, value in (
+        ("--classify-with", args.classify_with), ("--boxes", args.boxes), ("--draw", args.draw)
+    ):  # fmt: skip
         if value is not None:
             print(f"verydeep evaluate: error: {flag} is for --task localization", file=sys.stderr)
             return 2
@@ -351,11 +359,14 @@ def _evaluate_localization(args: argparse.Namespace, settings: Settings) -> int:
             class_match=args.class_match,
             settings=settings,
             progress=args.progress,
+            draw_dir=args.draw,
         )
     except EvaluationError as err:
         print(f"verydeep evaluate: error: {err}", file=sys.stderr)
         return 2
     print(format_table([row]))
+    if args.draw:
+        print(f"boxes drawn in {args.draw}")
     if args.json:
         write_json([row], args.json)
         print(f"wrote {args.json}")

@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from model_store import ModelStore, StoreError
 from model_store import boxes as box_ops
 from model_store.annotations import AnnotationError, folder_annotations
 from model_store.imaging import ImageError, decode
 from model_store.progress import progress_bar
+from service.core import box_drawing
 from service.core.engine import Engine
 from service.core.errors import ServiceError
 from service.core.evaluate import (
@@ -212,9 +214,12 @@ def evaluate_localization(
     settings: Settings | None = None,
     progress: bool = True,
     on_image: ImageHook | None = None,
+    draw_dir: str | Path | None = None,
 ) -> LocalizationRow:
     """Both protocols for ``model`` ranked by ``classify_with`` (default: its manifest's
-    classifier) on ``data``; ``on_image(path, localized, central_box)`` sees every image."""
+    classifier) on ``data``; ``on_image(path, localized, central_box)`` sees every image.
+    ``draw_dir``: draw each image's truth, top-1 and central-crop boxes into
+    ``draw_dir/<class>/<image stem>.png`` (``box_drawing``)."""
     settings = settings or Settings()
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be at least 1, not {limit}")
@@ -276,10 +281,36 @@ def evaluate_localization(
         row.seconds += time.perf_counter() - started
         if on_image is not None:
             on_image(item.path, result, crop_box)
+        if draw_dir is not None:
+            _draw(Path(draw_dir), file, decoded.image, size, result, boxes, crop_box, hits[0],
+                  manifest.labels)  # fmt: skip
         bar.set_postfix_str(
             f"top-5 loc err {row.top5_error:.1%} central crop err {row.central_error:.1%}"
         )
     return row
+
+
+def _draw(
+    out: Path,
+    file: str,
+    image: Image.Image,
+    size: tuple[int, int],
+    result: Localized,
+    truths: Sequence[Sequence[float]],
+    central: Sequence[float],
+    right: bool,
+    labels: Sequence[str],
+) -> None:
+    """The image's drawing; boxes are in ``size`` pixels (the file's; ``image`` may be a draft
+    decoding of it)."""
+    first = result.predictions[0]
+    caption = (
+        f"{labels[first.index]} {first.probability:.2f}, box {first.box_score:.2f}"
+        f" ({'right' if right else 'wrong'})"
+    )
+    picture = box_drawing.draw_boxes(image, truths, first.box, caption, right=right,
+                                     central=central, frame=size)  # fmt: skip
+    box_drawing.write_box_drawing(out, file, picture)
 
 
 def _check_boxes(

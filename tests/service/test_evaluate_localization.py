@@ -176,6 +176,7 @@ def test_command_writes_the_json(
         (["--task", "localization", "--model", "loc", "--method", "multicrop"], "--method"),
         (["--model", "loc"], "evaluate it with --task localization"),
         (["--model", "d", "--boxes", "x"], "--boxes is for --task localization"),
+        (["--model", "d", "--draw", "x"], "--draw is for --task localization"),
     ],
 )  # fmt: skip
 def test_command_refusals(
@@ -196,3 +197,37 @@ def test_a_folder_without_boxes_is_refused(store: ModelStore, shapes: Path, tmp_
     (bare / "star" / "a.jpg").write_bytes(next(shapes.glob("star/*.jpg")).read_bytes())
     with pytest.raises(EvaluationError, match="annotations.json"):
         evaluate_localization(store, "loc", bare, settings=settings_for(store.root), progress=False)
+
+
+def test_draw_writes_each_image_with_its_boxes(
+    store: ModelStore, shapes: Path, tmp_path: Path
+) -> None:
+    """--draw: one picture per image, at preview size under a caption, the truth drawn in green
+    and the top-1 in red where the answer puts them."""
+    from PIL import Image
+
+    from service.core import box_drawing, heatmap
+
+    seen: dict[Path, Localized] = {}
+    out = tmp_path / "drawn"
+    evaluate_localization(
+        store, "loc", shapes, scales=[224], limit=3, settings=settings_for(store.root),
+        progress=False, draw_dir=out,
+        on_image=lambda path, result, crop: seen.__setitem__(path, result),
+    )  # fmt: skip
+    assert len(seen) == 3
+    for path, result in seen.items():
+        picture = Image.open(out / path.parent.name / f"{path.stem}.png").convert("RGB")
+        with Image.open(path) as original:
+            size = heatmap.preview_size(original.size)
+        assert picture.size == (size[0], size[1] + box_drawing.CAPTION)
+        scale = size[0] / original.width
+        x0, y0, x1, y1 = (c * scale for c in result.predictions[0].box)
+        # the guess's outline is red, within a pixel of where the answer puts it
+        pixels = np.asarray(picture)[box_drawing.CAPTION :]
+        red = np.all(pixels == box_drawing.GUESS, axis=-1)
+        ys, xs = np.nonzero(red)
+        assert len(xs), path
+        assert xs.min() >= x0 - 2 and xs.max() <= x1 + 2, (xs.min(), xs.max(), x0, x1)
+        assert ys.min() >= y0 - 2 and ys.max() <= y1 + 2, (ys.min(), ys.max(), y0, y1)
+    assert sorted(p.name for p in out.rglob("*.png")) == sorted(f"{p.stem}.png" for p in seen)
