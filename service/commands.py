@@ -331,12 +331,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_localization(args: argparse.Namespace, settings: Settings) -> int:
     from model_store import ModelStore
-    from service.core.evaluate import EvaluationError, parse_scales
-    from service.core.evaluate_localization import (
-        evaluate_localization,
-        format_table,
-        write_json,
-    )
+    from service.core.evaluate import EvaluationError, parse_scales, write_json
+    from service.core.evaluate_localization import evaluate_localization, format_table
 
     for flag, given in (("--method", args.method != "dense"), ("--maps", args.maps is not None)):
         if given:

@@ -122,7 +122,7 @@ def measure(store: Path, model: str, photo: Path, q: int, device: str, reps: int
     options = service_settings({"VERYDEEP_DEVICE": device}).engine_options()
     engine = Engine(entry, options)
     image = decode(photo.read_bytes(), max_scale=q).image
-    x = ScaledImages(image).get(q, entry.manifest.preprocessing)
+    x = ScaledImages(image).get(q, engine)
     scores = engine.scores(x[None]).mean(axis=(2, 3), dtype=np.float64)[0]
     result = classify([engine], image, scales=[q], flip=True)  # warm-up and the answer
     seconds = []

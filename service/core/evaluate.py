@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -405,8 +405,13 @@ def format_table(rows: Sequence[Row]) -> str:
         )
         for r in rows
     ]
+    return text_table(header, body, numeric={5, 6, 7, 8})
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: set[int]) -> str:
+    """``header`` over a rule and ``body``, columns as wide as their widest cell, the
+    ``numeric`` ones right-aligned (the tables of ``verydeep evaluate``)."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    numeric = {5, 6, 7, 8}
 
     def fmt(line: Sequence[str]) -> str:
         cells = [
@@ -419,5 +424,6 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
 
 
-def write_json(rows: Sequence[Row], path: str | Path) -> None:
+def write_json(rows: Sequence[Any], path: str | Path) -> None:
+    """``{"results": [row.as_json(), ...]}``, the ``--json`` file of ``verydeep evaluate``."""
     Path(path).write_text(json.dumps({"results": [r.as_json() for r in rows]}, indent=2) + "\n")

@@ -22,7 +22,6 @@ them (``open_engine``), ``--model`` and ``--classify-with`` read as ``/localize`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from service.core.evaluate import (
     _open,
     class_balanced,
     scan_folder,
+    text_table,
 )
 from service.core.localize import Localized, cell_boxes, localize
 from service.core.localize_request import boxes_per_class
@@ -353,19 +353,4 @@ def format_table(rows: Sequence[LocalizationRow]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    numeric = {4, 5, 6, 8, 9}
-
-    def fmt(line: Sequence[str]) -> str:
-        cells = [
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
-
-
-def write_json(rows: Sequence[LocalizationRow], path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"results": [r.as_json() for r in rows]}, indent=2) + "\n")
+    return text_table(header, body, numeric={4, 5, 6, 8, 9})
