@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -103,10 +104,7 @@ async def classify_image(
     request: Request, params: Annotated[ClassifyParams, Depends(classify_params)]
 ) -> ClassifyResponse:
     arrived = time.perf_counter()
-    service = _service(request)
-    gate = _ready_gate(service)
-    log_fields: dict[str, Any] = {"protocol": params.method, "flip": params.flip}
-    setattr(request.state, LOG_FIELDS, log_fields)
+    service, gate, log_fields = _start(request, params.method, params.flip)
     resolved = service.registry.resolve(params.model)
     log_fields["model"] = resolved.name
     k = params.k(resolved.num_classes)
@@ -117,14 +115,38 @@ async def classify_image(
         params.method,
         params.map_classes(resolved.num_classes),
     )
-    async with gate.admit():
-        data = await read_image_bytes(request, service.settings.max_upload_bytes)
-        log_fields["bytes"] = len(data)
-        work = functools.partial(classify_bytes, data, job, service.settings)
-        outcome, queue_s = await gate.run(work)
+    outcome, queue_s = await _admitted(request, service, gate, log_fields, classify_bytes, job)
     response = classify_response(resolved, params, outcome, k, time.perf_counter() - arrived)
     _record(service.metrics, log_fields, outcome, queue_s, response)
     return response
+
+
+def _start(
+    request: Request, protocol: str, flip: bool
+) -> tuple[ServiceState, WorkGate, dict[str, Any]]:
+    """The service, its gate (``NotReady`` until the models are loaded) and the request's
+    access-log fields, which the log middleware reads when the answer has gone."""
+    service = _service(request)
+    gate = _ready_gate(service)
+    log_fields: dict[str, Any] = {"protocol": protocol, "flip": flip}
+    setattr(request.state, LOG_FIELDS, log_fields)
+    return service, gate, log_fields
+
+
+async def _admitted(
+    request: Request,
+    service: ServiceState,
+    gate: WorkGate,
+    log_fields: dict[str, Any],
+    work: Callable[[bytes, Any, Settings], Any],
+    job: object,
+) -> tuple[Any, float]:
+    """Admitted by the gate: the upload read (its size logged), then ``work(data, job,
+    settings)`` on a worker thread; ``(its outcome, seconds queued)``."""
+    async with gate.admit():
+        data = await read_image_bytes(request, service.settings.max_upload_bytes)
+        log_fields["bytes"] = len(data)
+        return await gate.run(functools.partial(work, data, job, service.settings))
 
 
 def _ready_gate(service: ServiceState) -> WorkGate:
@@ -197,20 +219,13 @@ async def image_features(
     request: Request, params: Annotated[FeaturesParams, Depends(features_params)]
 ) -> Response | FeaturesResponse:
     arrived = time.perf_counter()
-    service = _service(request)
-    gate = _ready_gate(service)
-    log_fields: dict[str, Any] = {"protocol": f"features-{params.pool}", "flip": params.flip}
-    setattr(request.state, LOG_FIELDS, log_fields)
+    service, gate, log_fields = _start(request, f"features-{params.pool}", params.flip)
     resolved = service.registry.resolve(params.model)
     log_fields["model"] = resolved.name
     for member in resolved.members:
         member.check_features()
     job = FeaturesRequest(resolved.members, params.scales, params.flip, params.pool)
-    async with gate.admit():
-        data = await read_image_bytes(request, service.settings.max_upload_bytes)
-        log_fields["bytes"] = len(data)
-        work = functools.partial(describe_bytes, data, job, service.settings)
-        outcome, queue_s = await gate.run(work)
+    outcome, queue_s = await _admitted(request, service, gate, log_fields, describe_bytes, job)
     total_s = time.perf_counter() - arrived
     per_view = 2 if params.flip else 1
     members = {n: (list(qs), per_view * len(qs)) for n, qs in outcome.descriptor.members}
@@ -239,10 +254,7 @@ async def localize_image(
     request: Request, params: Annotated[LocalizeParams, Depends(localize_params)]
 ) -> LocalizeResponse:
     arrived = time.perf_counter()
-    service = _service(request)
-    gate = _ready_gate(service)
-    log_fields: dict[str, Any] = {"protocol": "localize", "flip": params.flip}
-    setattr(request.state, LOG_FIELDS, log_fields)
+    service, gate, log_fields = _start(request, "localize", params.flip)
     locnet = service.registry.localization_model(params.model)
     classifier = service.registry.classifier_for(locnet, params.classify_with)
     log_fields.update(model=locnet.name, classified_by=classifier.name)
@@ -250,11 +262,7 @@ async def localize_image(
     job = LocalizeRequest(
         locnet, classifier.members, scales, params.flip, params.k(classifier.num_classes)
     )
-    async with gate.admit():
-        data = await read_image_bytes(request, service.settings.max_upload_bytes)
-        log_fields["bytes"] = len(data)
-        work = functools.partial(localize_bytes, data, job, service.settings)
-        outcome, queue_s = await gate.run(work)
+    outcome, queue_s = await _admitted(request, service, gate, log_fields, localize_bytes, job)
     total_s = time.perf_counter() - arrived
     result = outcome.result
     runs = {name: (list(result.scales), result.views) for name in (locnet.name, *result.members)}
