@@ -77,10 +77,7 @@ def model_descriptor(
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; use mean or stack")
     ordered = sorted(scales) if pool == "stack" else list(scales)
-    per_scale = [
-        scale_descriptor(model, inputs.get(q, model), flip, cancel)
-        for q in ordered
-    ]
+    per_scale = [scale_descriptor(model, inputs.get(q, model), flip, cancel) for q in ordered]
     pooled = np.mean(per_scale, axis=0) if pool == "mean" else np.concatenate(per_scale)
     return l2_normalised(pooled)
 
