@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.metrics import Metrics
@@ -15,6 +16,21 @@ log = logging.getLogger("verydeep.access")
 
 LOG_FIELDS = "log_fields"
 """Key of ``request.state`` under which a route adds its own fields to the log line."""
+
+
+def route_template(scope: Scope, arrived: Scope, status: int) -> str:
+    """The path template of the route that answered: FastAPI puts its own routes in the scope,
+    not the plain Starlette routes and mounts it also serves (``/openapi.json``, the
+    ``/docs/assets`` and ``/static`` files), so those are matched again here on the scope as it
+    ``arrived`` (a mount rewrites the paths); ``unmatched`` where none is."""
+    route = getattr(scope.get("route"), "path", None)
+    if route is not None or status == 404:
+        return route or "unmatched"
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        match, _ = candidate.matches(arrived)
+        if match is Match.FULL:
+            return getattr(candidate, "path", None) or "unmatched"
+    return "unmatched"
 
 
 class AccessLogMiddleware:
@@ -31,6 +47,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        arrived = dict(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         status = 500
 
@@ -43,7 +60,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_template(scope, arrived, status)
             self.metrics.requests.labels(route, str(status)).inc()
             client = scope.get("client")
             fields: dict[str, Any] = {

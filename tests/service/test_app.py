@@ -78,6 +78,20 @@ def test_metrics_count_requests_phases_and_views(make_client: Callable, png: byt
     assert "verydeep_ready 1.0" in text
 
 
+def test_plain_routes_and_mounts_are_counted_by_their_template(make_client: Callable) -> None:
+    """FastAPI names only its own routes in the scope; the OpenAPI document, the docs' assets
+    and the page's files are counted under their template too, never by raw path."""
+    client = make_client()
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/static/page.js").status_code == 200
+    assert client.get("/static/no-such-file.js").status_code == 404
+    text = client.get("/metrics").text
+    assert 'verydeep_requests_total{route="/openapi.json",status="200"} 1.0' in text
+    assert 'verydeep_requests_total{route="/static",status="200"} 1.0' in text
+    assert 'verydeep_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert "page.js" not in text
+
+
 def test_one_structured_log_line_per_request(
     client: TestClient, png: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
