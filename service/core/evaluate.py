@@ -296,7 +296,10 @@ def evaluate(
                 posteriors[(group, method)] = posterior
         if on_image is not None:
             on_image(item.path, posteriors)
-        bar.set_postfix_str(f"{watched.model} {watched.method} top-1 err {watched.top1_error:.1%}")
+        bar.set_postfix_str(
+            f"{watched.model} {watched.method} top-1 err {watched.top1_error:.1%}",
+            refresh=False,  # shown at the bar's next redraw: one log line per image otherwise
+        )
     return list(rows.values())
 
 

@@ -285,7 +285,8 @@ def evaluate_localization(
             _draw(Path(draw_dir), file, decoded.image, size, result, boxes, crop_box, hits[0],
                   manifest.labels)  # fmt: skip
         bar.set_postfix_str(
-            f"top-5 loc err {row.top5_error:.1%} central crop err {row.central_error:.1%}"
+            f"top-5 loc err {row.top5_error:.1%} central crop err {row.central_error:.1%}",
+            refresh=False,  # shown at the bar's next redraw: one log line per image otherwise
         )
     return row
 

@@ -349,3 +349,16 @@ def test_offline_evaluation_imports_no_web_framework() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_progress_off_a_terminal_is_not_a_line_per_image(
+    eval_store: ModelStore, shapes_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Captured stderr is no terminal: the bar writes its first and last lines (and one per
+    interval of model_store.progress, longer than this run), not one per image for the
+    running error of its postfix."""
+    rows = evaluate(eval_store, "d", shapes_folder, settings=settings_for(eval_store.root))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate")]
+    assert rows[0].images == PER_CLASS * len(CLASSES) == 16
+    assert 1 <= len(lines) <= 3, lines
+    assert "16/16" in lines[-1] and "top-1 err" in lines[-1]
