@@ -186,6 +186,11 @@ def _validate_localization(opts: TrainOptions) -> None:
         return
     if opts.init_from_a:
         raise TrainError("--task localization starts from --init-from, not --init-from-a")
+    if opts.val_flip:
+        raise TrainError(
+            "--val-flip is for classification: localisation is validated on the central crop "
+            "alone (paper Table 8)"
+        )
     if opts.val_boxes and not opts.val_data:
         raise TrainError("--val-boxes is for --val-data (a held-out split uses --boxes)")
     for flag, path in (("--boxes", opts.boxes), ("--val-boxes", opts.val_boxes)):

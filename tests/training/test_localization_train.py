@@ -160,6 +160,9 @@ def test_localisation_needs_a_classification_net(
         train(_opts(tmp_path / "x", shapes_data, task="localization"))
     with pytest.raises(TrainError, match="is for --task localization"):
         train(_opts(tmp_path / "y", shapes_data, tune="fc"))
+    with pytest.raises(TrainError, match="--val-flip is for classification"):
+        train(_opts(tmp_path / "z", shapes_data, task="localization", init_from=str(classifier),
+                    val_flip=True))  # fmt: skip
     train_dir, _ = shapes_data
     code = cli(["train", "--task", "localization", "--data", str(train_dir), "--boxes",
                 str(tmp_path / "none"), "--init-from", str(classifier)])  # fmt: skip
