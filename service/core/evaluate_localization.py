@@ -37,7 +37,7 @@ from model_store.imaging import ImageError, decode
 from model_store.progress import progress_bar
 from service.core import box_drawing
 from service.core.engine import Engine
-from service.core.errors import ServiceError
+from service.core.errors import InvalidParameter, ServiceError
 from service.core.evaluate import (
     ClassMatch,
     EvaluationError,
@@ -48,7 +48,7 @@ from service.core.evaluate import (
     text_table,
 )
 from service.core.localize import Localized, cell_boxes, localize
-from service.core.localize_request import boxes_per_class
+from service.core.localize_request import check_boxes
 from service.core.merging import MERGE_IOU
 from service.core.protocol import CROP, ScaledImages
 from service.core.resolve import ModelSpec, check_labels, parse_spec
@@ -317,12 +317,11 @@ def _draw(
 def _check_boxes(
     path: Path, size: tuple[int, int], scales: list[int], flip: bool, settings: Settings
 ) -> None:
-    n = boxes_per_class(size, scales, flip)
-    if n > settings.max_localize_boxes:
-        raise EvaluationError(
-            f"{path}: {n} boxes per class to merge at these scales; the limit "
-            f"(VERYDEEP_MAX_LOCALIZE_BOXES) is {settings.max_localize_boxes}"
-        )
+    """``/localize``'s limit on the boxes a class merges (``localize_request.check_boxes``)."""
+    try:
+        check_boxes(size, scales, flip, settings)
+    except InvalidParameter as err:
+        raise EvaluationError(f"{path}: {err.message}") from None
 
 
 def format_table(rows: Sequence[LocalizationRow]) -> str:

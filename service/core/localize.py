@@ -103,11 +103,7 @@ def cell_boxes(
 
 def cell_posteriors(score_maps: np.ndarray) -> np.ndarray:
     """``(V, K, h, w)``: the softmax over classes of every cell of score maps ``(V, K, h, w)``."""
-    z = score_maps.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    return softmax(score_maps)
 
 
 @dataclass

@@ -125,7 +125,8 @@ def largest_batch(
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(V, K)`` scores, in float64."""
+    """The softmax over classes (axis 1) of ``(V, K)`` scores, or of every cell of ``(V, K, h,
+    w)`` score maps, in float64."""
     z = scores.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)

@@ -231,3 +231,10 @@ def test_draw_writes_each_image_with_its_boxes(
         assert xs.min() >= x0 - 2 and xs.max() <= x1 + 2, (xs.min(), xs.max(), x0, x1)
         assert ys.min() >= y0 - 2 and ys.max() <= y1 + 2, (ys.min(), ys.max(), y0, y1)
     assert sorted(p.name for p in out.rglob("*.png")) == sorted(f"{p.stem}.png" for p in seen)
+
+
+def test_the_box_limit_of_localize_holds_offline(store: ModelStore, shapes: Path) -> None:
+    """An image over VERYDEEP_MAX_LOCALIZE_BOXES is refused as /localize refuses it, named."""
+    settings = settings_for(store.root, max_localize_boxes=3)
+    with pytest.raises(EvaluationError, match=r"\.jpg: scales: .* the limit .* is 3"):
+        evaluate_localization(store, "loc", shapes, scales=[224], settings=settings, progress=False)
