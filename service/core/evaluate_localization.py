@@ -74,6 +74,15 @@ class LocalizationRow:
     central_errors: int = 0
     seconds: float = 0.0
 
+    def add(self, hits: Sequence[bool], central_right: bool, seconds: float) -> None:
+        """One image: whether each guess of the dense protocol was right (best first), and
+        whether the central crop's box was."""
+        self.images += 1
+        self.top1_errors += not hits[0]
+        self.top5_errors += not any(hits[:5])
+        self.central_errors += not central_right
+        self.seconds += seconds
+
     def _rate(self, count: int) -> float:
         return count / self.images if self.images else float("nan")
 
@@ -225,15 +234,8 @@ def evaluate_localization(
         raise EvaluationError(f"--limit must be at least 1, not {limit}")
     run = _plan(store, model, classify_with, scales, settings)
     locnet, manifest = run.locnet, run.locnet.manifest
-    root = Path(data)
-    images = scan_folder(root, manifest.labels, class_match)
-    if limit is not None:
-        images = class_balanced(images)[:limit]
-    files = [item.path.relative_to(root).as_posix() for item in images]
-    try:
-        truth = folder_annotations(root, files, boxes_dir)
-    except AnnotationError as err:
-        raise EvaluationError(str(err)) from None
+    images, files, truth = _labelled_boxes(Path(data), manifest.labels, class_match, limit,
+                                           boxes_dir)  # fmt: skip
     central_q = manifest.train_scale.single_test_scale()
     k = min(5, manifest.num_classes)
     row = LocalizationRow(
@@ -244,46 +246,19 @@ def evaluate_localization(
         flip=flip,
         central_scale=central_q,
     )
-    limits = settings.image_limits()
     bar = progress_bar(list(zip(images, files, strict=True)), desc="evaluate", unit="img",
                        enabled=progress)  # fmt: skip
     for item, file in bar:
         started = time.perf_counter()
-        try:
-            data_bytes = item.path.read_bytes()
-            decoded = decode(
-                data_bytes, limits, max_scale=max(run.scales) if settings.jpeg_draft else None
-            )
-            central = decoded
-            if settings.jpeg_draft and central_q > max(run.scales):
-                central = decode(data_bytes, limits, max_scale=central_q)
-        except (OSError, ImageError) as err:
-            raise EvaluationError(f"{item.path}: {err}") from None
-        size = (decoded.width, decoded.height)
-        _check_boxes(item.path, decoded.image.size, run.scales, flip, settings)
-        inputs = ScaledImages(decoded.image)
-        try:
-            result = localize(
-                locnet, run.members, decoded.image, size, run.scales, flip, k,
-                threshold=MERGE_IOU, cache=inputs,
-            )  # fmt: skip
-        except ServiceError as err:
-            raise EvaluationError(f"{item.path}: {err.message}") from None
+        seen = _both_protocols(run, item.path, item.label, flip, k, central_q, settings)
         boxes = truth[file].boxes
-        hits = [guess_is_right(p.index, p.box, item.label, boxes) for p in result.predictions]
-        if central is not decoded:
-            inputs = ScaledImages(central.image)
-        crop_box = central_crop_box(locnet, inputs, size, item.label, central_q)
-        row.images += 1
-        row.top1_errors += not hits[0]
-        row.top5_errors += not any(hits[:5])
-        row.central_errors += best_iou(crop_box, boxes) < HIT_IOU
-        row.seconds += time.perf_counter() - started
+        hits = [guess_is_right(p.index, p.box, item.label, boxes) for p in seen.result.predictions]
+        central_right = best_iou(seen.central_box, boxes) >= HIT_IOU
+        row.add(hits, central_right, time.perf_counter() - started)
         if on_image is not None:
-            on_image(item.path, result, crop_box)
+            on_image(item.path, seen.result, seen.central_box)
         if draw_dir is not None:
-            _draw(Path(draw_dir), file, decoded.image, size, result, boxes, crop_box, hits[0],
-                  manifest.labels)  # fmt: skip
+            _draw(Path(draw_dir), file, seen, boxes, hits[0], manifest.labels)
         bar.set_postfix_str(
             f"top-5 loc err {row.top5_error:.1%} central crop err {row.central_error:.1%}",
             refresh=False,  # shown at the bar's next redraw: one log line per image otherwise
@@ -291,26 +266,89 @@ def evaluate_localization(
     return row
 
 
+def _labelled_boxes(
+    root: Path,
+    labels: Sequence[str],
+    class_match: ClassMatch,
+    limit: int | None,
+    boxes_dir: str | Path | None,
+) -> tuple[list, list[str], dict]:
+    """The folder's images as ``verydeep evaluate`` lists them (``limit`` of them, in turn from
+    each class), their paths relative to ``root``, and their truth boxes."""
+    images = scan_folder(root, labels, class_match)
+    if limit is not None:
+        images = class_balanced(images)[:limit]
+    files = [item.path.relative_to(root).as_posix() for item in images]
+    try:
+        return images, files, folder_annotations(root, files, boxes_dir)
+    except AnnotationError as err:
+        raise EvaluationError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One image through both protocols: the decoded image (maybe a draft of the file), the
+    file's size, the dense answer and the central crop's box of the true class."""
+
+    image: Image.Image
+    size: tuple[int, int]
+    result: Localized
+    central_box: np.ndarray
+
+
+def _both_protocols(
+    run: _Plan,
+    path: Path,
+    label: int,
+    flip: bool,
+    k: int,
+    central_q: int,
+    settings: Settings,
+) -> _Seen:
+    """``path`` decoded as ``/localize`` decodes it, through ``localize`` and the central crop."""
+    limits = settings.image_limits()
+    try:
+        data_bytes = path.read_bytes()
+        decoded = decode(
+            data_bytes, limits, max_scale=max(run.scales) if settings.jpeg_draft else None
+        )
+        central = decoded
+        if settings.jpeg_draft and central_q > max(run.scales):
+            central = decode(data_bytes, limits, max_scale=central_q)
+    except (OSError, ImageError) as err:
+        raise EvaluationError(f"{path}: {err}") from None
+    size = (decoded.width, decoded.height)
+    _check_boxes(path, decoded.image.size, run.scales, flip, settings)
+    inputs = ScaledImages(decoded.image)
+    try:
+        result = localize(
+            run.locnet, run.members, decoded.image, size, run.scales, flip, k,
+            threshold=MERGE_IOU, cache=inputs,
+        )  # fmt: skip
+    except ServiceError as err:
+        raise EvaluationError(f"{path}: {err.message}") from None
+    if central is not decoded:
+        inputs = ScaledImages(central.image)
+    central_box = central_crop_box(run.locnet, inputs, size, label, central_q)
+    return _Seen(decoded.image, size, result, central_box)
+
+
 def _draw(
     out: Path,
     file: str,
-    image: Image.Image,
-    size: tuple[int, int],
-    result: Localized,
+    seen: _Seen,
     truths: Sequence[Sequence[float]],
-    central: Sequence[float],
     right: bool,
     labels: Sequence[str],
 ) -> None:
-    """The image's drawing; boxes are in ``size`` pixels (the file's; ``image`` may be a draft
-    decoding of it)."""
-    first = result.predictions[0]
+    """The image's drawing (``box_drawing``): its boxes are in the file's pixels."""
+    first = seen.result.predictions[0]
     caption = (
         f"{labels[first.index]} {first.probability:.2f}, box {first.box_score:.2f}"
         f" ({'right' if right else 'wrong'})"
     )
-    picture = box_drawing.draw_boxes(image, truths, first.box, caption, right=right,
-                                     central=central, frame=size)  # fmt: skip
+    picture = box_drawing.draw_boxes(seen.image, truths, first.box, caption, right=right,
+                                     central=seen.central_box, frame=seen.size)  # fmt: skip
     box_drawing.write_box_drawing(out, file, picture)
 
 
