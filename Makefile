@@ -71,6 +71,8 @@ bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.run --quick --device cuda --fp16
 	$(BIN)/python bench/probes/preprocess_graph_gpu.py --device cuda bench/results/$$(date +%F)-preprocess-graph-cuda.json
 	VERYDEEP_PREPROCESS=graph $(BIN)/python -m bench.run --quick --device cuda --only stream --out bench/results/preprocess-graph
+	$(BIN)/python bench/probes/new_shape_gpu.py --device cuda bench/results/$$(date +%F)-new-shape-cuda.json
+	$(BIN)/python bench/probes/new_shape_gpu.py --device cuda --fp16 bench/results/$$(date +%F)-new-shape-cuda-fp16.json
 
 demo: $(STAMP)
 	scripts/make_demo_store.sh
