@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, model_path: Path, args)
         tmp = Path(tempfile.mkdtemp(prefix="new-shape-"))
         options, keep, light = shared_options(model_path, args.device, options, tmp)
         made = [ort.InferenceSession(str(light), options, providers=providers) for _ in range(n)]
+        keep.append(tmp)  # removed once the sessions are gone (its weights.bin: 553 MB)
     else:
         count = {"one_session": 1, "pool4": 4, "per_shape_copies": n}[kind]
         made = []
@@ -135,7 +137,11 @@ def run_variant(kind: str, model_bytes: bytes, model_path: Path, shapes: list, a
             (scores,) = session.run(["scores"], {"image": x})
             (first if round_ == 0 else later).append(1000 * (time.perf_counter() - t0))
             outputs[i] = scores.astype(np.float32)
-    del made, keep
+    del made
+    for item in keep:
+        if isinstance(item, Path):
+            shutil.rmtree(item, ignore_errors=True)
+    del keep
     return {
         "sessions": {"one_session": 1, "pool4": 4}.get(kind, len(shapes)),
         "open_s": round(opened_s, 3),
