@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ from training.augment import (
     rescale,
     to_float_pixels,
 )
-from training.data import AugmentedDataset, DataError, image_folder, sample_seed
+from training.data import AugmentedDataset, DataError, sample_seed
 from training.distributed import worker_init
 from training.validation import autocast
 from training.vgg import VGG
@@ -344,28 +343,3 @@ def evaluate_central_crop(
     finally:
         model.train(was_training)
     return [loss, right, count, valid]
-
-
-def central_crop_error(
-    model: VGG,
-    folder: str | Path,
-    scale: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    boxes_dir: str | Path | None = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """The central-crop localisation error of ``model`` on an image folder with boxes (CPU):
-    ``{"images", "loc_error", "loss"}``, as validation measures it."""
-    boxed = BoxedFolder(image_folder(folder), boxes_dir)
-    dataset = BoxedEvalDataset(boxed, BoxEvalTransform(scale, mean, std, max_truth=boxed.max_boxes))
-    loss, right, count, valid = evaluate_central_crop(
-        model, dataset, list(range(len(dataset))), torch.device("cpu"), batch_size=batch_size
-    )
-    return {
-        "images": int(count),
-        "loc_error": 1 - right / max(count, 1),
-        "loss": loss / max(valid, 1),
-        "scale": scale,
-    }

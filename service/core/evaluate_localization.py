@@ -4,9 +4,9 @@
 Two protocols over a labelled image folder whose boxes come from ``annotations.json`` or
 ILSVRC's VOC XML files (``model_store.annotations.folder_annotations``):
 
-- the fully-fledged one (Table 9): every image goes through the very function ``/localize``
-  runs (``service.core.localize.localize``), decoded by ``imaging.decode`` with the service's
-  limits, at the same scales, flip and classifier. A guess is right when its class is the
+- the fully-fledged one (Table 9): every image goes through the very work of a ``/localize``
+  request (``service.core.localize_request.localize_bytes``: decoded with the service's limits,
+  its checks, ``service.core.localize.localize``), at the same scales, flip and classifier. A guess is right when its class is the
   image's and its box has IoU >= 0.5 with one of the image's truth boxes
   (``model_store.boxes.iou``): the top-1 error counts images whose first guess is wrong, the
   top-5 error images whose five guesses all are;
@@ -22,6 +22,7 @@ them (``open_engine``), ``--model`` and ``--classify-with`` read as ``/localize`
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from model_store.imaging import ImageError, decode
 from model_store.progress import progress_bar
 from service.core import box_drawing
 from service.core.engine import Engine
-from service.core.errors import InvalidParameter, ServiceError
+from service.core.errors import ServiceError
 from service.core.evaluate import (
     ClassMatch,
     EvaluationError,
@@ -47,9 +48,8 @@ from service.core.evaluate import (
     scan_folder,
     text_table,
 )
-from service.core.localize import Localized, cell_boxes, localize
-from service.core.localize_request import check_boxes
-from service.core.merging import MERGE_IOU
+from service.core.localize import Localized, cell_boxes
+from service.core.localize_request import LocalizeRequest, localize_bytes
 from service.core.protocol import CROP, ScaledImages
 from service.core.resolve import ModelSpec, check_labels, parse_spec
 from service.settings import Settings
@@ -305,32 +305,23 @@ def _both_protocols(
     central_q: int,
     settings: Settings,
 ) -> _Seen:
-    """``path`` decoded as ``/localize`` decodes it, through ``localize`` and the central crop."""
-    limits = settings.image_limits()
+    """``path`` through ``/localize``'s own work (``localize_bytes``: decoding, its checks, the
+    procedure), then the central crop of the same decoding (of a finer one where a JPEG draft
+    was decoded for smaller scales than the crop's)."""
+    job = LocalizeRequest(run.locnet, run.members, run.scales, flip, k)
     try:
-        data_bytes = path.read_bytes()
-        decoded = decode(
-            data_bytes, limits, max_scale=max(run.scales) if settings.jpeg_draft else None
-        )
-        central = decoded
+        data = path.read_bytes()
+        outcome = localize_bytes(data, job, settings, threading.Event())
+        decoded = outcome.decoded
         if settings.jpeg_draft and central_q > max(run.scales):
-            central = decode(data_bytes, limits, max_scale=central_q)
+            decoded = decode(data, settings.image_limits(), max_scale=central_q)
     except (OSError, ImageError) as err:
         raise EvaluationError(f"{path}: {err}") from None
-    size = (decoded.width, decoded.height)
-    _check_boxes(path, decoded.image.size, run.scales, flip, settings)
-    inputs = ScaledImages(decoded.image)
-    try:
-        result = localize(
-            run.locnet, run.members, decoded.image, size, run.scales, flip, k,
-            threshold=MERGE_IOU, cache=inputs,
-        )  # fmt: skip
     except ServiceError as err:
         raise EvaluationError(f"{path}: {err.message}") from None
-    if central is not decoded:
-        inputs = ScaledImages(central.image)
-    central_box = central_crop_box(run.locnet, inputs, size, label, central_q)
-    return _Seen(decoded.image, size, result, central_box)
+    size = (outcome.decoded.width, outcome.decoded.height)
+    central_box = central_crop_box(run.locnet, ScaledImages(decoded.image), size, label, central_q)
+    return _Seen(outcome.decoded.image, size, outcome.result, central_box)
 
 
 def _draw(
@@ -350,16 +341,6 @@ def _draw(
     picture = box_drawing.draw_boxes(seen.image, truths, first.box, caption, right=right,
                                      central=seen.central_box, frame=seen.size)  # fmt: skip
     box_drawing.write_box_drawing(out, file, picture)
-
-
-def _check_boxes(
-    path: Path, size: tuple[int, int], scales: list[int], flip: bool, settings: Settings
-) -> None:
-    """``/localize``'s limit on the boxes a class merges (``localize_request.check_boxes``)."""
-    try:
-        check_boxes(size, scales, flip, settings)
-    except InvalidParameter as err:
-        raise EvaluationError(f"{path}: {err.message}") from None
 
 
 def format_table(rows: Sequence[LocalizationRow]) -> str:

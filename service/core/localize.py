@@ -42,7 +42,14 @@ from model_store import Manifest
 from model_store import boxes as box_ops
 from service.core import merging
 from service.core.errors import UnsupportedModel
-from service.core.protocol import Cancelled, ScaledImages, ScoringModel, softmax, top_k
+from service.core.protocol import (
+    Cancelled,
+    ScaledImages,
+    ScoringModel,
+    softmax,
+    top_k,
+    views_per_scale,
+)
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,6 @@ class Localized:
     boxes_per_class: int
     merge_s: float
     members: tuple[str, ...] = field(default=())
-
-
-def views_per_scale(flip: bool) -> int:
-    return 2 if flip else 1
 
 
 def cell_boxes(
@@ -193,7 +196,7 @@ def localize(
         posterior=posterior,
         predictions=tuple(predictions),
         scales=tuple(scales),
-        views=views_per_scale(flip) * len(scales),
+        views=views_per_scale("dense", flip) * len(scales),
         boxes_per_class=sum(v.box_maps.shape[0] * v.box_maps[0, 0].size for v in views),
         merge_s=time.perf_counter() - started,
         members=tuple(m.name for m in classifiers),

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from model_store.imaging import DecodedImage, decode
 from service.core.classify import check_batch, map_size
 from service.core.errors import InvalidParameter
-from service.core.localize import Localized, localize, views_per_scale
-from service.core.protocol import ScoringModel
+from service.core.localize import Localized, localize
+from service.core.protocol import ScoringModel, views_per_scale
 from service.settings import Settings
 
 
@@ -44,7 +44,7 @@ def boxes_per_class(size: tuple[int, int], scales: Sequence[int], flip: bool) ->
     for q in scales:
         h, w = map_size(size, q)
         cells += h * w
-    return cells * views_per_scale(flip)
+    return cells * views_per_scale("dense", flip)
 
 
 def check_boxes(
