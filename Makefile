@@ -69,10 +69,7 @@ bench-full: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.run --quick --device cuda
 	$(BIN)/python -m bench.run --quick --device cuda --fp16
-	$(BIN)/python bench/probes/preprocess_graph_gpu.py --device cuda bench/results/$$(date +%F)-preprocess-graph-cuda.json
-	VERYDEEP_PREPROCESS=graph $(BIN)/python -m bench.run --quick --device cuda --only stream --out bench/results/preprocess-graph
-	$(BIN)/python bench/probes/new_shape_gpu.py --device cuda bench/results/$$(date +%F)-new-shape-cuda.json
-	$(BIN)/python bench/probes/new_shape_gpu.py --device cuda --fp16 bench/results/$$(date +%F)-new-shape-cuda-fp16.json
+	INSTALL=0 PYTHON=$(BIN)/python scripts/gpu_suite.sh 3600
 
 demo: $(STAMP)
 	scripts/make_demo_store.sh

@@ -1,5 +1,6 @@
-"""``python -m bench.run [--quick|--full] [--device cuda [--fp16]] [--only NAME,...] [--out DIR]``:
-run the benchmarks, print the table, write ``<out>/<date>-<machine>.json``
+"""``python -m bench.run [--quick|--full] [--device cuda [--fp16]] [--only NAME,...] [--out DIR]
+[--models vgg16,vgg19] [--stream-scales default,256,...] [--stream-levels 1,4,...]
+[--stream-requests N]``: run the benchmarks, print the table, write ``<out>/<date>-<machine>.json``
 (``<date>-<machine>[-cuda-fp16][-full].json``) and the table as Markdown beside it.
 
 ``--device cuda`` runs the GPU suite: the server, the bare peers and torch eager on the GPU, plus
@@ -19,12 +20,13 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import machine
-from bench.context import DEFAULT_CACHE, MODES, Context, ort_threads
-from bench.models import VGG16, VGG19
+from bench.context import DEFAULT_CACHE, MODES, Context, Mode, ort_threads
+from bench.models import TINY_D, VGG16, VGG19, ModelSpec
 from bench.report import Figure, markdown_table, results_document, text_table, write_json
 from bench.suites import (
     batched,
@@ -87,6 +89,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fp16", action="store_true", help="float16 exports of the models (with --device cuda)"
     )
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--stream-scales",
+        type=_names,
+        help="the stream's scale choices instead of the mode's: 'default' (each model's test "
+        "scales) or a Q, comma-separated (quick: 256; full: default,256,384,512)",
+    )
+    p.add_argument(
+        "--stream-levels",
+        type=_counts,
+        help="the stream's closed-loop client counts instead of the mode's, comma-separated",
+    )
+    p.add_argument(
+        "--stream-requests",
+        type=int,
+        help="requests of a stream level per 2 clients instead of the mode's (quick: 12)",
+    )
+    p.add_argument(
+        "--models",
+        type=_served,
+        default=(VGG16, VGG19),
+        help="the served models, comma-separated: vgg16, vgg19 (default both; the benchmarked "
+        "model is the first), or tiny-d (a narrow D, to check a command quickly)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="exported models, photos")
     args = p.parse_args(argv)
@@ -96,8 +121,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    if args.stream_requests is not None and args.stream_requests < 1:
+        p.error("--stream-requests must be at least 1")
     args.names = names
     return args
+
+
+def _served(text: str) -> tuple[ModelSpec, ...]:
+    known = {spec.name: spec for spec in (VGG16, VGG19, TINY_D)}  # tiny-d: dry runs
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose models from {', '.join(known)}, not {text!r}")
+    return tuple(known[n] for n in dict.fromkeys(names))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name != "default" and not (name.isdigit() and int(name) >= 224):
+            raise argparse.ArgumentTypeError(f"{name!r} is neither 'default' nor a Q >= 224")
+    if not names:
+        raise argparse.ArgumentTypeError("no scale choice given")
+    return names
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("client counts must be at least 1")
+    return counts
+
+
+def run_mode(args: argparse.Namespace) -> Mode:
+    """The mode of ``--quick``/``--full`` with the stream's overrides applied."""
+    mode = MODES[args.mode]
+    if args.stream_scales:
+        mode = replace(mode, stream_scales=args.stream_scales)
+    if args.stream_levels:
+        mode = replace(mode, stream_levels=args.stream_levels)
+    if args.stream_requests:
+        mode = replace(mode, stream_requests=args.stream_requests)
+    return mode
 
 
 def thread_settings(ctx: Context) -> dict[str, object]:
@@ -179,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     dtype = "float16" if args.fp16 else "float32"
     ctx = Context(
-        mode=MODES[args.mode],
+        mode=run_mode(args),
         cache_dir=args.cache,
         device=args.device,
-        model=VGG16.with_dtype(dtype),
-        served=(VGG16.with_dtype(dtype), VGG19.with_dtype(dtype)),
+        model=args.models[0].with_dtype(dtype),
+        served=tuple(spec.with_dtype(dtype) for spec in args.models),
         server_env={"VERYDEEP_DEVICE": args.device},
     )
     command = " ".join(["python -m bench.run", *map(shlex.quote, (argv or sys.argv[1:]))])

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         "ran last (cuDNN chooses its algorithms again at every change of shape: tens of ms in "
         "float32, up to a second in float16); each holds a copy of the weights on the GPU",
     )
+    cuda_shared_weights: bool = Field(
+        False,
+        description="the CUDA sessions of a model use one copy of its weights on the GPU "
+        "(onnxruntime's add_initializer), so that a session costs its activations only and "
+        "CUDA_SESSIONS can cover every input shape in flight; needs the onnx package (the cuda "
+        "extra); off until measured on a GPU",
+    )
     cudnn_conv_algo_search: ConvAlgoSearch = Field(
         "heuristic",
         description="how cuDNN picks convolution algorithms for a new input shape: heuristic "
@@ -193,6 +200,7 @@ class Settings(BaseSettings):
             device=self.device,
             cuda_mem_limit=self.cuda_mem_limit,
             cuda_sessions=self.cuda_sessions,
+            cuda_shared_weights=self.cuda_shared_weights,
             cudnn_conv_algo_search=self.cudnn_conv_algo_search,
             cuda_layout=self.cuda_layout,
             intra_op_threads=self.intra_op_threads,

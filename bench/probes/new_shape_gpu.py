@@ -8,8 +8,9 @@ service opens them (``service.core.sessions.session_setup``), kept four ways:
   than 4 shapes in turn, every call lands on a session last used for another shape);
 - ``per_shape_copies``: a session per shape, each holding its own copy of the weights;
 - ``per_shape_shared``: a session per shape, all of them given the same weights, one copy on
-  the device, through ``SessionOptions.add_initializer`` with ``OrtValue``s made on the device
-  (onnxruntime uses such a value in place when it lives where the session plans it).
+  the device, as the service does with ``VERYDEEP_CUDA_SHARED_WEIGHTS``
+  (``service.core.sessions.SharedWeights``: ``SessionOptions.add_initializer`` with
+  ``OrtValue``s made on the device, which onnxruntime uses in place of the file's).
 
 For each: seconds to open the sessions, device memory they took (``nvidia-smi`` on CUDA, the
 process's resident memory on the CPU), the median ms of a call in the first round (every shape
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -62,30 +62,7 @@ def device_memory(device: str) -> int:
     return 0
 
 
-def shared_options(model_path: Path, device: str, base_options, tmp: Path):
-    """Session options whose every initializer is one ``OrtValue`` on ``device``, and the
-    model's file without its weights (they are in ``tmp/weights.bin``, which onnxruntime
-    checks exists but does not read for an initializer given by ``add_initializer``): a session
-    then holds no weights of its own, unless an optimisation rewrites them (below)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    model = onnx.load(str(model_path))
-    values = []
-    kind = "cuda" if device == "cuda" else "cpu"
-    for init in model.graph.initializer:
-        array = np.ascontiguousarray(numpy_helper.to_array(init))
-        value = ort.OrtValue.ortvalue_from_numpy(array, kind, 0)
-        base_options.add_initializer(init.name, value)
-        values.append(value)
-    light = tmp / "model.onnx"
-    onnx.save_model(model, str(light), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)  # fmt: skip
-    return base_options, values, light
-
-
-def open_sessions(kind: str, n: int, model_bytes: bytes, model_path: Path, args) -> tuple:
+def open_sessions(kind: str, n: int, model_bytes: bytes, args) -> tuple:
     import onnxruntime as ort
 
     def setup():
@@ -95,18 +72,18 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, model_path: Path, args)
 
     keep: list = []
     if kind == "per_shape_shared":
-        import tempfile
-
         options, providers = setup()
         if args.device == "cpu":
             # Measured on the CPU (2026-12-01, VGG-16): with every optimisation, the NCHWc
             # layout transform writes reordered weights per session (565 MiB each); without it
-            # (EXTENDED) 8 sessions take 6 MiB in all but a call runs 1.8x slower.
+            # (EXTENDED) the sessions share the weights but a call runs 1.6x slower.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        tmp = Path(tempfile.mkdtemp(prefix="new-shape-"))
-        options, keep, light = shared_options(model_path, args.device, options, tmp)
-        made = [ort.InferenceSession(str(light), options, providers=providers) for _ in range(n)]
-        keep.append(tmp)  # removed once the sessions are gone (its weights.bin: 553 MB)
+        # The service's own sharing (VERYDEEP_CUDA_SHARED_WEIGHTS): every initializer one
+        # OrtValue on the device, given to each session by add_initializer.
+        weights = sessions.SharedWeights(model_bytes, args.device)
+        weights.add_to(options)
+        made = [ort.InferenceSession(model_bytes, options, providers=providers) for _ in range(n)]
+        keep.append(weights)
     else:
         count = {"one_session": 1, "pool4": 4, "per_shape_copies": n}[kind]
         made = []
@@ -116,10 +93,10 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, model_path: Path, args)
     return made, keep
 
 
-def run_variant(kind: str, model_bytes: bytes, model_path: Path, shapes: list, args) -> dict:
+def run_variant(kind: str, model_bytes: bytes, shapes: list, args) -> dict:
     before = device_memory(args.device)
     started = time.perf_counter()
-    made, keep = open_sessions(kind, len(shapes), model_bytes, model_path, args)
+    made, keep = open_sessions(kind, len(shapes), model_bytes, args)
     opened_s = time.perf_counter() - started
     memory = device_memory(args.device) - before
     pool = sessions.SessionPool(made) if kind == "pool4" else None
@@ -137,11 +114,7 @@ def run_variant(kind: str, model_bytes: bytes, model_path: Path, shapes: list, a
             (scores,) = session.run(["scores"], {"image": x})
             (first if round_ == 0 else later).append(1000 * (time.perf_counter() - t0))
             outputs[i] = scores.astype(np.float32)
-    del made
-    for item in keep:
-        if isinstance(item, Path):
-            shutil.rmtree(item, ignore_errors=True)
-    del keep
+    del made, keep
     return {
         "sessions": {"one_session": 1, "pool4": 4}.get(kind, len(shapes)),
         "open_s": round(opened_s, 3),
@@ -198,7 +171,7 @@ def main() -> int:
     reference = None
     for kind in ("one_session", "pool4", "per_shape_copies", "per_shape_shared"):
         try:
-            figures = run_variant(kind, model_bytes, entry.onnx_path, shapes, args)
+            figures = run_variant(kind, model_bytes, shapes, args)
         except Exception as err:  # a variant the runtime refuses keeps its error
             result["variants"][kind] = {"error": f"{type(err).__name__}: {err}"}
             continue

@@ -42,6 +42,7 @@ class EngineOptions:
     max_batch_pixels: int = 8 * 1024 * 1024
     batch_window_ms: float = 0.0
     cuda_sessions: int = 1
+    cuda_shared_weights: bool = False
     cudnn_conv_algo_search: ConvAlgoSearch = "heuristic"
     cuda_layout: CudaLayout = "auto"
     cpu_parallel_runs: int = 1
@@ -78,10 +79,11 @@ class Engine:
     silent fallback from CUDA to CPU is never reported as CUDA.
 
     On CUDA the engine holds ``cuda_sessions`` sessions of the model and gives each input shape
-    its own (see ``SessionPool``), and pads every call that is not one request's whole batch
-    (the chunks of a batch larger than ``max_batch``, and calls merged across requests) to
-    ``max_batch`` views: a shape of view then comes in few batch sizes, each with its cuDNN plan
-    (multi-crop's calls all have one shape).
+    its own (see ``SessionPool``), all of them using one copy of the weights with
+    ``cuda_shared_weights`` (see ``SharedWeights``). It pads every call that is not one
+    request's whole batch (the chunks of a batch larger than ``max_batch``, and calls merged
+    across requests) to ``max_batch`` views: a shape of view then comes in few batch sizes,
+    each with its cuDNN plan (multi-crop's calls all have one shape).
 
     On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
     the process (see ``cpu_run_slots``): each call already spreads over every core.
@@ -113,6 +115,9 @@ class Engine:
             prefer_nhwc=sessions.prefers_nhwc(options.cuda_layout, onnx.dtype),
             cpu_mem_arena=options.cpu_mem_arena,
         )
+        self._weights = _shared_weights(model_bytes, options, setup[1])
+        if self._weights is not None:
+            self._weights.add_to(setup[0])
         open_session = functools.partial(
             sessions.open_session, entry, model_bytes, options.device, *setup
         )
@@ -171,6 +176,11 @@ class Engine:
     def sessions(self) -> int:
         """How many onnxruntime sessions of the model are loaded."""
         return len(self._sessions)
+
+    @property
+    def shared_weights(self) -> bool:
+        """Whether the sessions use one copy of the weights (``SharedWeights``)."""
+        return self._weights is not None
 
     def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``
@@ -257,6 +267,25 @@ class Engine:
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
         with self._count_lock:  # the counts are of requests' work
             self._calls = self._views = 0
+
+
+def _shared_weights(
+    model_bytes: bytes, options: EngineOptions, providers: sessions.Providers
+) -> sessions.SharedWeights | None:
+    """The one copy of the weights that the engine's sessions share, where asked and where it
+    helps: on CUDA, with more than one session. A copy that cannot be made on the GPU with
+    ``device`` "auto" leaves each session its own (onnxruntime may still fall back to the CPU);
+    with "cuda" it is an EngineError."""
+    device = sessions.shared_weights_device(providers)
+    if not options.cuda_shared_weights or options.cuda_sessions < 2 or device is None:
+        return None
+    try:
+        return sessions.SharedWeights(model_bytes, device)
+    except EngineError as err:
+        if options.device != "auto":
+            raise
+        log.warning("sessions keep their own weights: %s", err)
+        return None
 
 
 def _read_verified(entry: StoreEntry) -> tuple[bytes, FileIdentity]:

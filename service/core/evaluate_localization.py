@@ -6,10 +6,10 @@ ILSVRC's VOC XML files (``model_store.annotations.folder_annotations``):
 
 - the fully-fledged one (Table 9): every image goes through the very work of a ``/localize``
   request (``service.core.localize_request.localize_bytes``: decoded with the service's limits,
-  its checks, ``service.core.localize.localize``), at the same scales, flip and classifier. A guess is right when its class is the
-  image's and its box has IoU >= 0.5 with one of the image's truth boxes
-  (``model_store.boxes.iou``): the top-1 error counts images whose first guess is wrong, the
-  top-5 error images whose five guesses all are;
+  its checks, ``service.core.localize.localize``), at the same scales, flip and classifier. A
+  guess is right when its class is the image's and its box has IoU >= 0.5 with one of the
+  image's truth boxes (``model_store.boxes.iou``): the top-1 error counts images whose first
+  guess is wrong, the top-5 error images whose five guesses all are;
 - the central crop (Table 8), which factors classification out: the image rescaled to the
   localisation net's single test scale (Q = S, or (S_min + S_max) / 2), its central 224 x 224
   crop through the net, and the box of the image's class (PCR) or the single box (SCR); an error

@@ -319,7 +319,10 @@ class Registry:
                 continue
             with self._lock:
                 self._models[name] = engine
-            log.info("loaded %s on %s", name, engine.provider)
+            weights = ", one copy of the weights" if engine.shared_weights else ""
+            log.info(
+                "loaded %s on %s (%d session(s)%s)", name, engine.provider, engine.sessions, weights
+            )
             if engine.int8_note:
                 log.warning("int8 model %s: %s", name, engine.int8_note)
 

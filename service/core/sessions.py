@@ -14,6 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import onnxruntime as ort
 
 from model_store import StoreEntry
@@ -62,6 +63,62 @@ class SessionPool:
             else:
                 self._by_shape.move_to_end(shape)
             return self._sessions[index]
+
+
+class SharedWeights:
+    """One copy of a model's weights on its device, which every session of the model uses in
+    place.
+
+    Each onnxruntime session deserialises the ONNX file's initializers into memory of its own
+    (553 MB a session for VGG-16 in float32), which is what limits ``SessionPool`` to a few
+    sessions on a GPU. ``SessionOptions.add_initializer`` hands sessions an ``OrtValue`` by
+    name instead: onnxruntime then uses that value and never deserialises the file's
+    initializer of the same name, in place when the value lives on the device the session
+    plans it on, so a session costs its activations only and the pool can keep a session for
+    every shape in flight (docs/gpu.md, "Sessions sharing one copy of the weights").
+
+    A graph optimisation that rewrites weights still writes its result into each session: the
+    CPU provider's NCHWc layout (565 MiB a session for VGG-16) and, presumably, CUDA's
+    channels-last layout of float16 models. The values must outlive every session that uses
+    them, so the engine keeps this object as long as its sessions.
+
+    Reading the initializers needs the ``onnx`` package (the ``cuda`` extra), imported here
+    only: serving without shared weights does not need it.
+    """
+
+    def __init__(self, model_bytes: bytes, device: str) -> None:
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError:
+            raise EngineError(
+                "VERYDEEP_CUDA_SHARED_WEIGHTS needs the onnx package to read the weights: "
+                "pip install 'verydeep[cuda]' (or onnx), or leave the setting off"
+            ) from None
+        graph = onnx.load_from_string(model_bytes).graph
+        self.values: dict[str, ort.OrtValue] = {}
+        self.nbytes = 0
+        try:
+            while graph.initializer:  # one host copy at a time: pop each as it is placed
+                tensor = graph.initializer.pop()
+                array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+                self.values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+                self.nbytes += array.nbytes
+        except Exception as err:
+            raise EngineError(f"cannot place the weights on {device}: {err}") from None
+
+    def add_to(self, options: ort.SessionOptions) -> None:
+        """Give every session opened with ``options`` these values for its initializers."""
+        for name, value in self.values.items():
+            options.add_initializer(name, value)
+
+
+def shared_weights_device(providers: Providers) -> str | None:
+    """Where ``SharedWeights`` go for sessions opened with ``providers``: "cuda" when CUDA
+    leads the list; None on the CPU, where one session serves every shape (no choice of
+    algorithm per shape) and the NCHWc layout would copy the weights into each session anyway."""
+    first = providers[0]
+    return "cuda" if (first[0] if isinstance(first, tuple) else first) == CUDA else None
 
 
 @functools.cache

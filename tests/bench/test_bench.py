@@ -287,6 +287,25 @@ def test_cuda_runs_are_named_after_the_gpu_and_dtype(tmp_path: Path, monkeypatch
     assert "batched" not in bench_run.parse_args([]).names
 
 
+def test_stream_choices_override_the_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    args = bench_run.parse_args(
+        ["--device", "cuda", "--stream-scales", "default,384", "--stream-levels", "1,16"]
+    )
+    mode = bench_run.run_mode(args)
+    assert mode.stream_scales == ("default", "384") and mode.stream_levels == (1, 16)
+    assert mode.stream_requests == bench_run.MODES["quick"].stream_requests
+    assert bench_run.run_mode(bench_run.parse_args(["--stream-requests", "5"])).stream_requests == 5
+    assert bench_run.run_mode(bench_run.parse_args([])) == bench_run.MODES["quick"]
+    assert [m.name for m in bench_run.parse_args(["--models", "vgg19"]).models] == ["vgg19"]
+    assert [m.name for m in bench_run.parse_args([]).models] == ["vgg16", "vgg19"]
+    bad_args = [["--stream-scales", "200"], ["--stream-levels", "0"], ["--models", "vgg11"]]
+    bad_args.append(["--stream-requests", "0"])
+    for bad in [*bad_args, ["--stream-scales", "big"]]:
+        with pytest.raises(SystemExit):
+            bench_run.parse_args(bad)
+    assert "neither 'default' nor a Q" in capsys.readouterr().err
+
+
 def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench import images
     from bench.suites import stream

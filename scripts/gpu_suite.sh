@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/gpu.md in one command, for a lent GPU machine that has Python
+# 3.12, torch and onnx but not onnxruntime-gpu nor the serving packages (docs/gpu.md,
+# "Measuring on a lent GPU machine"): install the wheels that scripts/gpu_wheels.sh prepared,
+# then run the steps below in order of importance until SECONDS (default 540) have passed, and
+# pack everything into $OUT (at most 8 files come back from such a machine).
+#
+#   scripts/gpu_suite.sh [SECONDS]
+#
+# Each step has a budget of its own and is stopped at it. $OUT/summary.txt lists each step with
+# its exit status (124: stopped at its budget) and seconds, $OUT/results.tgz holds
+# bench/results-gpu/ (the JSON and Markdown of every run), $OUT/logs.tgz every step's output.
+# INSTALL=0 installs nothing (a GPU host with the project installed: make bench-gpu, PYTHON set).
+# DRY=1 runs the same steps on this machine's CPU with a narrow D instead of VGG-16 and without
+# installing anything, to check the script itself (2.5 minutes on 2 cores).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+total=${1:-540}
+started=$(date +%s)
+deadline=$((started + total - 20)) # the last seconds pack the results
+out=${OUT:-/tmp/gpu-suite-out}
+work=${WORK:-/tmp/verydeep-gpu}
+results=${RESULTS:-bench/results-gpu}
+python=${PYTHON:-python3}
+mkdir -p "$out" "$work/logs" "$results"
+: >"$out/steps.tsv"
+
+pack() {
+  tar -czf "$out/results.tgz" "$results" 2>/dev/null
+  tar -czf "$out/logs.tgz" -C "$work" logs 2>/dev/null
+  {
+    echo "gpu_suite.sh: $(($(date +%s) - started)) s of $total; step, exit status, seconds:"
+    cat "$out/steps.tsv"
+  } >"$out/summary.txt"
+  cat "$out/summary.txt"
+}
+trap pack EXIT
+
+# step NAME BUDGET_S COMMAND...: run COMMAND for at most BUDGET_S seconds (fewer when the
+# deadline is nearer), its output in $work/logs/NAME.log; a step with no time left is skipped.
+step() {
+  local name=$1 budget=$2 left status t0
+  shift 2
+  left=$((deadline - $(date +%s)))
+  if ((left < 15)); then
+    printf '%s\tskipped\t0\n' "$name" >>"$out/steps.tsv"
+    return
+  fi
+  ((budget > left)) && budget=$left
+  echo "== $name (up to ${budget} s)"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$budget" "$@" >"$work/logs/$name.log" 2>&1
+  status=$?
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" >>"$out/steps.tsv"
+  tail -n 2 "$work/logs/$name.log"
+}
+
+# The wheels: .device/ort-part-K came with earlier calls (and were copied to /tmp there too),
+# .device/small with this one.
+install_wheels() {
+  local wheels=/tmp/verydeep-wheels
+  mkdir -p "$wheels"
+  cp .device/ort-part-* .device/small/* "$wheels"/ 2>/dev/null
+  (cd "$wheels" && cat ort-part-? >"$(cut -d' ' -f3 onnxruntime-gpu.sha256)" &&
+    sha256sum -c onnxruntime-gpu.sha256) &&
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$wheels"/*.whl
+}
+
+if [[ ${DRY:-0} == 1 ]]; then
+  device=cpu model=tiny-d probe_model=(--model tiny)
+else
+  device=cuda model=vgg16 probe_model=()
+  if [[ ${INSTALL:-1} == 1 ]]; then
+    t0=$(date +%s)
+    install_wheels >"$work/logs/install.log" 2>&1
+    printf 'install\t%s\t%s\n' "$?" "$(($(date +%s) - t0))" >>"$out/steps.tsv"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+"$python" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+bench=("$python" -m bench.run --quick --device $device --models $model)
+shared=(env VERYDEEP_CUDA_SHARED_WEIGHTS=true VERYDEEP_CUDA_SESSIONS=16)
+stream=(--only stream --stream-levels 1,8 --stream-requests 6)
+probe=("$python" bench/probes/new_shape_gpu.py --device $device "${probe_model[@]}")
+day=$(date +%F)
+
+# 0. The random-weight exports (cached in bench/.cache for every later step).
+step export 240 "$python" -c "
+from bench.models import TINY_D, VGG16, ensure_store
+from bench.context import DEFAULT_CACHE
+spec = {'vgg16': VGG16, 'tiny-d': TINY_D}['$model']
+for dtype in ('float32', 'float16'):
+    print(ensure_store(DEFAULT_CACHE, [spec.with_dtype(dtype)]).root, flush=True)"
+# 1. What makes a new shape cheap: bare sessions, 8 shapes in turn, four ways of keeping them.
+step new-shape-fp32 120 "${probe[@]}" "$results/$day-new-shape-$device.json"
+step new-shape-fp16 90 "${probe[@]}" --fp16 "$results/$day-new-shape-$device-fp16.json"
+# 2. The photo stream, default protocol: the service's pool of 4 sessions, then 16 sessions
+#    sharing one copy of the weights; float32, then float16.
+step stream-fp32-pool4 100 "${bench[@]}" --out "$results/pool4" "${stream[@]}" \
+  --stream-scales default
+step stream-fp32-shared16 100 "${shared[@]}" "${bench[@]}" --out "$results/shared16" \
+  "${stream[@]}" --stream-scales default
+step stream-fp16-pool4 100 "${bench[@]}" --fp16 --out "$results/pool4" "${stream[@]}" \
+  --stream-scales default
+step stream-fp16-shared16 100 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/shared16" \
+  "${stream[@]}" --stream-scales default
+# 3. Correctness on CUDA: the service against the CPU, float16, the pool, OOM, int8.
+step test-cuda 120 "$python" -m pytest -q -p no:cacheprovider tests/service/test_cuda.py
+# 4. One dense view's serving overhead, and the stream at each Q (float16 against float32).
+step overhead-fp32 60 "${bench[@]}" --out "$results/overhead" --only overhead,engine
+step overhead-fp16 60 "${bench[@]}" --fp16 --out "$results/overhead" --only overhead,engine
+step stream-q-fp32 120 "${shared[@]}" "${bench[@]}" --out "$results/shared16-q" \
+  "${stream[@]}" --stream-scales 256,384,512
+step stream-q-fp16 120 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/shared16-q" \
+  "${stream[@]}" --stream-scales 256,384,512
+# 5. Preprocessing on the GPU: the graph against Pillow, then through the stream.
+step preprocess-probe 120 "$python" bench/probes/preprocess_graph_gpu.py --device $device \
+  --repeats 5 "$results/$day-preprocess-graph-$device.json"
+step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${bench[@]}" \
+  --out "$results/shared16-graph" "${stream[@]}" --stream-scales default
+# 6. Cross-request batching on the GPU: a window of 2 ms.
+step stream-window2-fp32 100 env VERYDEEP_BATCH_WINDOW_MS=2 "${shared[@]}" "${bench[@]}" \
+  --out "$results/shared16-window2" "${stream[@]}" --stream-scales default
+echo "done in $(($(date +%s) - started)) s"

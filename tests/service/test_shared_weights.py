@@ -1,0 +1,179 @@
+"""Sessions sharing one copy of the weights (``sessions.SharedWeights``): onnxruntime uses the
+given values in place of the file's, the sessions answer as sessions with their own copies, and
+the engine shares only where asked, on CUDA, with more than one session."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import service.core.sessions as sessions_module
+from model_store import ModelStore
+from service.core.engine import Engine, EngineOptions
+from service.core.sessions import CPU, EngineError, SharedWeights, shared_weights_device
+from service.settings import Settings
+
+WEIGHT_SIDE = 4096  # one float32 initializer of 64 MiB: sessions' own copies show in RSS
+
+
+def big_add_model(side: int = WEIGHT_SIDE) -> bytes:
+    """``y = x + W`` with W one ``side x side`` initializer: Add has no prepacked form, so a
+    session holds W once, either its own or the one it is given."""
+    weight = np.arange(side * side, dtype=np.float32).reshape(side, side) / side
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "big-add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [side, side])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def open_sessions(model: bytes, count: int, weights: SharedWeights | None) -> list:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    if weights is not None:
+        weights.add_to(options)
+    return [ort.InferenceSession(model, options, providers=[CPU]) for _ in range(count)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+def test_sessions_given_shared_weights_hold_no_copy_of_their_own() -> None:
+    model = big_add_model()
+    weight_mib = WEIGHT_SIDE * WEIGHT_SIDE * 4 / 2**20
+    weights = SharedWeights(model, "cpu")
+    assert weights.nbytes == WEIGHT_SIDE * WEIGHT_SIDE * 4 and list(weights.values) == ["W"]
+    before = resident_mib()
+    shared = open_sessions(model, 4, weights)
+    shared_growth = resident_mib() - before
+    own = open_sessions(model, 4, None)
+    own_growth = resident_mib() - before - shared_growth
+    # Four own copies are 256 MiB; four sharing sessions add well under one copy.
+    assert own_growth > 3.5 * weight_mib, own_growth
+    assert shared_growth < 0.5 * weight_mib, shared_growth
+    x = np.ones((WEIGHT_SIDE, WEIGHT_SIDE), dtype=np.float32)
+    expected = own[0].run(None, {"x": x})[0]
+    for session in shared:
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
+
+
+def test_shared_weights_of_a_vgg_answer_as_its_own(service_store: ModelStore) -> None:
+    entry = service_store.read("tiny-d")
+    model = entry.onnx_path.read_bytes()
+    weights = SharedWeights(model, "cpu")
+    initializers = onnx.load_from_string(model).graph.initializer
+    assert set(weights.values) == {t.name for t in initializers}
+    assert weights.nbytes == sum(numpy_helper.to_array(t).nbytes for t in initializers)
+    x = np.random.default_rng(3).standard_normal((2, 3, 260, 300), dtype=np.float32)
+    (expected,) = open_sessions(model, 1, None)[0].run(["scores"], {"image": x})
+    for session in open_sessions(model, 3, weights):
+        np.testing.assert_allclose(session.run(["scores"], {"image": x})[0], expected, atol=1e-6)
+
+
+def test_shared_weights_without_onnx_name_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with pytest.raises(EngineError, match=r"needs the onnx package.*verydeep\[cuda\]"):
+        SharedWeights(big_add_model(8), "cpu")
+
+
+def test_weights_are_shared_on_cuda_only() -> None:
+    assert shared_weights_device([("CUDAExecutionProvider", {}), CPU]) == "cuda"
+    assert shared_weights_device(["CUDAExecutionProvider", CPU]) == "cuda"
+    assert shared_weights_device([CPU]) is None
+
+
+def test_a_cpu_engine_never_shares(service_store: ModelStore) -> None:
+    options = EngineOptions(device="cpu", cuda_sessions=4, cuda_shared_weights=True)
+    engine = Engine(service_store.read("tiny-d"), options)
+    assert engine.sessions == 1 and not engine.shared_weights
+
+
+class ReportsCuda:
+    """A real CPU session that says it runs on CUDA, to take the engine's CUDA-only paths."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", CPU]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def cuda_path(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The engine's CUDA path on CPU sessions: they report CUDA, and weights go to the CPU."""
+    real_open = sessions_module.open_session
+    opened: list[object] = []
+
+    def open_reporting_cuda(*args: object) -> ReportsCuda:
+        opened.append(real_open(*args))  # type: ignore[arg-type]
+        return ReportsCuda(opened[-1])
+
+    monkeypatch.setattr(sessions_module, "open_session", open_reporting_cuda)
+    monkeypatch.setattr(sessions_module, "shared_weights_device", lambda providers: "cpu")
+    return opened
+
+
+def test_a_cuda_engine_shares_its_weights_over_its_sessions(
+    service_store: ModelStore, cuda_path: list[object]
+) -> None:
+    entry = service_store.read("tiny-d")
+    plain = Engine(entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2))
+    shared = Engine(
+        entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2, cuda_shared_weights=True)
+    )
+    assert not plain.shared_weights and shared.shared_weights and shared.sessions == 3
+    for shape in [(3, 3, 224, 256), (1, 3, 256, 224), (2, 3, 288, 288)]:
+        x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(shared.scores(x), plain.scores(x), atol=1e-5)
+
+
+def test_one_session_needs_no_shared_copy(
+    service_store: ModelStore, cuda_path: list[object]
+) -> None:
+    options = EngineOptions(device="cpu", cuda_sessions=1, cuda_shared_weights=True)
+    assert not Engine(service_store.read("tiny-d"), options).shared_weights
+
+
+def test_auto_falls_back_to_own_copies_when_the_weights_cannot_be_placed(
+    service_store: ModelStore,
+    cuda_path: list[object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    entry = service_store.read("tiny-d")
+    options = EngineOptions(device="auto", cuda_sessions=2, cuda_shared_weights=True)
+    with caplog.at_level(logging.WARNING, logger="service.core.engine"):
+        engine = Engine(entry, options)
+    assert not engine.shared_weights and engine.sessions == 2
+    assert "sessions keep their own weights" in caplog.text
+    with pytest.raises(EngineError, match="needs the onnx package"):
+        Engine(entry, EngineOptions(device="cuda", cuda_sessions=2, cuda_shared_weights=True))
+
+
+def test_the_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERYDEEP_CUDA_SHARED_WEIGHTS", "true")
+    assert Settings().engine_options().cuda_shared_weights is True
+    monkeypatch.delenv("VERYDEEP_CUDA_SHARED_WEIGHTS")
+    assert Settings().engine_options().cuda_shared_weights is False
