@@ -44,6 +44,7 @@ class Mode:
     stream_levels: tuple[int, ...]  # closed-loop clients
     stream_requests: int  # per level, times clients // 2 (at least 1)
     stream_bare_views: int  # views per bare call of the stream's peer
+    stream_ensemble: bool = False  # the stream asks for every served model as one ensemble
 
     @property
     def quick(self) -> bool:

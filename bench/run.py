@@ -1,7 +1,8 @@
 """``python -m bench.run [--quick|--full] [--device cuda [--fp16]] [--only NAME,...] [--out DIR]
 [--models vgg16,vgg19] [--stream-scales default,256,...] [--stream-levels 1,4,...]
-[--stream-requests N]``: run the benchmarks, print the table, write ``<out>/<date>-<machine>.json``
-(``<date>-<machine>[-cuda-fp16][-full].json``) and the table as Markdown beside it.
+[--stream-requests N] [--stream-ensemble]``: run the benchmarks, print the table, write
+``<out>/<date>-<machine>.json`` (``<date>-<machine>[-cuda-fp16][-full].json``) and the table as
+Markdown beside it.
 
 ``--device cuda`` runs the GPU suite: the server, the bare peers and torch eager on the GPU, plus
 batched views and images/s and GPU memory by scale; JPEG decoding (CPU work, the same in both
@@ -101,6 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the stream's closed-loop client counts instead of the mode's, comma-separated",
     )
     p.add_argument(
+        "--stream-ensemble",
+        action="store_true",
+        help="the stream asks for every served model as one ensemble (--models vgg16,vgg19)",
+    )
+    p.add_argument(
         "--stream-requests",
         type=int,
         help="requests of a stream level per 2 clients instead of the mode's (quick: 12)",
@@ -165,6 +171,8 @@ def run_mode(args: argparse.Namespace) -> Mode:
         mode = replace(mode, stream_levels=args.stream_levels)
     if args.stream_requests:
         mode = replace(mode, stream_requests=args.stream_requests)
+    if args.stream_ensemble:
+        mode = replace(mode, stream_ensemble=True)
     return mode
 
 

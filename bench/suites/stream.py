@@ -11,7 +11,9 @@ Peers in the same run:
   as network pixels per second, turned into images/s of the stream's own pixel mix.
 
 Also reported per level: p50 and p99 latency, the server's CPU seconds per image, and on CUDA
-its GPU memory.
+its GPU memory. With the mode's ``stream_ensemble`` (``--stream-ensemble``) the requests ask for
+every served model as one ensemble (``model=vgg16,vgg19``); the bare limit is then the members'
+bare figures summed as the ensemble spends them (one image costs each member its pixels).
 """
 
 from __future__ import annotations
@@ -58,30 +60,38 @@ def network_pixels(size: tuple[int, int], scales: list[int], flip: bool) -> int:
     return sum(views * np.prod(rescaled_size(*size, q)) for q in scales)
 
 
+def members(ctx: Context) -> list[str]:
+    """The models one stream request runs: the benchmarked one, or every served one."""
+    return [s.name for s in ctx.served] if ctx.mode.stream_ensemble else [ctx.model.name]
+
+
 def run(ctx: Context) -> tuple[list[Figure], dict]:
     server = ctx.server()
     paths = photos(ctx)
     single = paths[images.STREAM_SIZES.index(SINGLE)]
     entry = ctx.model_entry()
-    bare = bare_pixels_per_s(ctx, entry)
+    names = members(ctx)
+    store = ctx.store()
+    bare = {name: bare_pixels_per_s(ctx, store.read(name, verify=False)) for name in names}
     figures, levels = [], []
     for choice in ctx.mode.stream_scales:
         scales = list(entry.manifest.test_scales) if choice == "default" else [int(choice)]
-        params = {"model": ctx.model.name, "flip": "true", "method": "dense"}
+        params = {"model": ",".join(names), "flip": "true", "method": "dense"}
         if choice != "default":
             params["scales"] = choice
-        work = [network_pixels(size, scales, True) for size in images.STREAM_SIZES]
+        # Network pixels of one image, over the members (the ensemble's scales: its first's).
+        work = [len(names) * network_pixels(s, scales, True) for s in images.STREAM_SIZES]
         for clients in ctx.mode.stream_levels:
             mixed = level(ctx, server, paths, work, clients, params)
             alone = level(ctx, server, [single], [work[paths.index(single)]], clients, params)
             levels.append({"scales": choice, "clients": clients, "mixed": mixed, "single": alone})
-            figures.append(stream_figure(choice, clients, mixed, alone))
+            figures.append(stream_figure(choice, clients, mixed, alone, names))
             if clients == max(ctx.mode.stream_levels):
-                figures.append(bare_figure(choice, clients, mixed, bare))
+                figures.append(bare_figure(choice, clients, mixed, bare, names))
     details = {
         "sizes": [list(s) for s in images.STREAM_SIZES],
         "single_size": list(SINGLE),
-        "model": ctx.model.name,
+        "model": ",".join(names),
         "bare": bare,
         "levels": levels,
         "settings": {"batch_window_ms": ctx.settings().batch_window_ms},
@@ -132,8 +142,10 @@ def level(
 
 
 def network(server, ctx: Context, what: str) -> float:
-    """``verydeep_network_{calls,views}_total`` of the benchmarked model so far."""
-    return server.metric(f'verydeep_network_{what}_total{{model="{ctx.model.name}"}}')
+    """``verydeep_network_{calls,views}_total`` of the stream's models so far."""
+    return sum(
+        server.metric(f'verydeep_network_{what}_total{{model="{name}"}}') for name in members(ctx)
+    )
 
 
 def loadgen(url: str, bodies: list[Path], clients: int, requests: int, params: dict) -> dict:
@@ -172,11 +184,15 @@ def bare_pixels_per_s(ctx: Context, entry) -> dict:
     }
 
 
-def stream_figure(choice: str, clients: int, mixed: dict, alone: dict) -> Figure:
+def ensemble_label(names: list[str]) -> str:
+    return f", ensemble {'+'.join(names)}" if len(names) > 1 else ""
+
+
+def stream_figure(choice: str, clients: int, mixed: dict, alone: dict, names: list[str]) -> Figure:
     return Figure(
         benchmark=NAME,
         label=f"photo stream, {len(images.STREAM_SIZES)} sizes, Q={choice}, flip, "
-        f"{clients} client(s)",
+        f"{clients} client(s){ensemble_label(names)}",
         value=mixed["images_per_s"],
         unit="images/s",
         peer_label=f"one size ({SINGLE[0]}x{SINGLE[1]})",
@@ -193,14 +209,21 @@ def stream_figure(choice: str, clients: int, mixed: dict, alone: dict) -> Figure
     )
 
 
-def bare_figure(choice: str, clients: int, mixed: dict, bare: dict) -> Figure:
-    limit = bare["mpix_per_s"] / mixed["network_mpix_per_image"]
+def bare_figure(
+    choice: str, clients: int, mixed: dict, bare: dict[str, dict], names: list[str]
+) -> Figure:
+    """The stream against the bare limit: each member spends its share of an image's network
+    pixels at its own bare rate, so the limit is one image over the sum of those times."""
+    share = mixed["network_mpix_per_image"] / len(bare)
+    limit = 1 / sum(share / b["mpix_per_s"] for b in bare.values())
+    views = next(iter(bare.values()))["views_per_call"]
     return Figure(
         benchmark=NAME,
-        label=f"photo stream against the bare limit, Q={choice}, {clients} client(s)",
+        label=f"photo stream against the bare limit, Q={choice}, {clients} client(s)"
+        f"{ensemble_label(names)}",
         value=mixed["images_per_s"],
         unit="images/s",
-        peer_label=f"bare session.run of {bare['views_per_call']} views, at the stream's pixel mix",
+        peer_label=f"bare session.run of {views} views, at the stream's pixel mix",
         peer=limit,
         ratio=mixed["images_per_s"] / limit,
         ratio_label="stream/bare",

@@ -306,6 +306,38 @@ def test_stream_choices_override_the_mode(capsys: pytest.CaptureFixture[str]) ->
     assert "neither 'default' nor a Q" in capsys.readouterr().err
 
 
+def test_smoke_stream_of_an_ensemble(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--stream-ensemble``: the requests ask for both served models, the network counts are
+    both members', and the bare limit spends each member's share at its own rate."""
+    from bench import images
+    from bench.suites import stream
+
+    second = replace(TINY_D, name="tiny-d2", seed=2)
+    cache = tmp_path_factory.mktemp("bench-ensemble")
+    ensure_store(cache, [TINY_D, second], verify=False)
+    monkeypatch.setattr(images, "STREAM_SIZES", ((1024, 768), (480, 640)))
+    mode = replace(
+        SMOKE, stream_levels=(1,), stream_requests=2, stream_bare_views=2, stream_ensemble=True
+    )
+    env = {"VERYDEEP_INTRA_OP_THREADS": "1", "VERYDEEP_WARMUP": "false"}
+    ctx = Context(mode=mode, cache_dir=cache, model=TINY_D, served=(TINY_D, second), server_env=env)
+    try:
+        figures, details = stream.run(ctx)
+    finally:
+        ctx.close()
+    assert details["model"] == "tiny-d,tiny-d2" and set(details["bare"]) == {"tiny-d", "tiny-d2"}
+    assert all(f.label.endswith("ensemble tiny-d+tiny-d2") for f in figures)
+    single = details["levels"][0]["single"]
+    # each image runs both members: 2 views (flip) of 341 x 256 per member, 2 calls
+    assert single["network_mpix_per_image"] == pytest.approx(2 * 2 * 341 * 256 / 1e6)
+    assert single["network_calls"] == 2 * single["ok"] and single["views_per_call"] == 2
+    share = details["levels"][0]["mixed"]["network_mpix_per_image"] / 2
+    limit = 1 / sum(share / b["mpix_per_s"] for b in details["bare"].values())
+    assert figures[-1].peer == pytest.approx(limit)
+
+
 def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench import images
     from bench.suites import stream

@@ -126,3 +126,60 @@ def test_int8_on_cuda_is_measured_against_the_cpu(tmp_path_factory: pytest.TempP
     assert next(iter(answers["cuda"])) == next(iter(answers["cpu"]))
     for index, probability in answers["cpu"].items():
         assert answers["cuda"][index] == pytest.approx(probability, abs=quantize.MAX_POSTERIOR_DIFF)
+
+
+def test_cuda_sessions_sharing_weights_answer_alike(store: ModelStore) -> None:
+    """VERYDEEP_CUDA_SHARED_WEIGHTS (docs/gpu.md, "Sessions sharing one copy of the weights"):
+    four CUDA sessions on one copy answer as four with their own."""
+    from service.core.engine import Engine, EngineOptions
+
+    entry = store.read("full")
+    own = Engine(entry, EngineOptions(device="cuda", cuda_sessions=4, max_batch=4))
+    options = EngineOptions(device="cuda", cuda_sessions=4, max_batch=4, cuda_shared_weights=True)
+    shared = Engine(entry, options)
+    assert shared.shared_weights and shared.sessions == 4 and shared.provider == CUDA
+    rng = np.random.default_rng(4)
+    for shape in [(2, 3, 256, 320), (2, 3, 320, 256), (1, 3, 288, 384), (2, 3, 224, 448)]:
+        batch = rng.standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(shared.scores(batch), own.scores(batch), rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_sessions_sharing_weights_hold_one_copy_on_the_gpu() -> None:
+    """Four CUDA sessions of a graph with one 256 MiB initializer: with their own copies they
+    take four on the GPU, given ``SharedWeights`` one (nvidia-smi's figure for the GPU, so the
+    comparison is of differences: each session's own handles and workspace are in both)."""
+    import subprocess
+
+    import onnxruntime as ort
+
+    from service.core.sessions import SharedWeights, session_setup
+    from tests.service.test_shared_weights import big_add_model
+
+    def used_mib() -> int:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return int(out.split()[0])
+
+    side = 8192
+    model, weight_mib = big_add_model(side), side * side * 4 / 2**20
+
+    def four(weights: SharedWeights | None) -> tuple[list, int]:
+        options, providers = session_setup("cuda")
+        if weights is not None:
+            weights.add_to(options)
+        before = used_mib()
+        made = [ort.InferenceSession(model, options, providers=providers) for _ in range(4)]
+        assert all(s.get_providers()[0] == CUDA for s in made)
+        return made, used_mib() - before
+
+    own, own_mib = four(None)
+    before = used_mib()
+    weights = SharedWeights(model, "cuda")
+    placed_mib = used_mib() - before
+    shared, shared_mib = four(weights)
+    assert placed_mib >= 0.9 * weight_mib, placed_mib
+    assert own_mib - shared_mib > 2.5 * weight_mib, (own_mib, shared_mib, weight_mib)
+    x = np.ones((side, side), dtype=np.float32)
+    np.testing.assert_array_equal(shared[0].run(None, {"x": x})[0], own[0].run(None, {"x": x})[0])
