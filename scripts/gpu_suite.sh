@@ -83,6 +83,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$python" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 bench=("$python" -m bench.run --quick --device $device --models $model)
 shared=(env VERYDEEP_CUDA_SHARED_WEIGHTS=true VERYDEEP_CUDA_SESSIONS=16)
+wide=(env VERYDEEP_MAX_CONCURRENCY=16 VERYDEEP_MAX_QUEUE=64)
 stream=(--only stream --stream-levels 1,8 --stream-requests 6)
 probe=("$python" bench/probes/new_shape_gpu.py --device $device "${probe_model[@]}")
 day=$(date +%F)
@@ -107,6 +108,11 @@ step stream-fp16-pool4 100 "${bench[@]}" --fp16 --out "$results/pool4" "${stream
   --stream-scales default
 step stream-fp16-shared16 100 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/shared16" \
   "${stream[@]}" --stream-scales default
+# 2b. The same with 16 requests computing at once instead of 2 (VERYDEEP_MAX_CONCURRENCY):
+#     each request's decoding and rescaling runs in its own thread, beside the others' GPU calls.
+step stream-fp32-shared16-c16 120 "${shared[@]}" "${wide[@]}" "${bench[@]}" \
+  --out "$results/shared16-c16" --only stream --stream-levels 1,8,16 --stream-requests 6 \
+  --stream-scales default
 # 3. Correctness on CUDA: the service against the CPU, float16, the pool, OOM, int8.
 step test-cuda 120 "$python" -m pytest -q -p no:cacheprovider tests/service/test_cuda.py
 # 4. One dense view's serving overhead, and the stream at each Q (float16 against float32).
@@ -121,7 +127,8 @@ step preprocess-probe 120 "$python" bench/probes/preprocess_graph_gpu.py --devic
   --repeats 5 "$results/$day-preprocess-graph-$device.json"
 step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${bench[@]}" \
   --out "$results/shared16-graph" "${stream[@]}" --stream-scales default
-# 6. Cross-request batching on the GPU: a window of 2 ms.
-step stream-window2-fp32 100 env VERYDEEP_BATCH_WINDOW_MS=2 "${shared[@]}" "${bench[@]}" \
-  --out "$results/shared16-window2" "${stream[@]}" --stream-scales default
+# 6. Cross-request batching on the GPU: a window of 2 ms, 16 requests computing at once.
+step stream-window2-fp32 100 env VERYDEEP_BATCH_WINDOW_MS=2 "${shared[@]}" "${wide[@]}" \
+  "${bench[@]}" --out "$results/shared16-c16-window2" --only stream --stream-levels 8,16 \
+  --stream-requests 6 --stream-scales default
 echo "done in $(($(date +%s) - started)) s"
