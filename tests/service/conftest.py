@@ -111,3 +111,33 @@ def loc_registry(service_store: ModelStore, tmp_path_factory: pytest.TempPathFac
 def loc_client(loc_registry: Registry) -> Iterator[TestClient]:
     with TestClient(create_app(loc_registry.settings, registry=loc_registry)) as c:
         yield c
+
+
+class ReportsCuda:
+    """A real CPU session that says it runs on CUDA, to take the engine's CUDA-only paths."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def sessions_report_cuda(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every session the engine opens is a CPU session reporting CUDA (``ReportsCuda``); the
+    list holds the real sessions, in the order opened."""
+    import service.core.sessions as sessions_module
+
+    real_open = sessions_module.open_session
+    opened: list[object] = []
+
+    def open_reporting_cuda(*args: object) -> ReportsCuda:
+        opened.append(real_open(*args))  # type: ignore[arg-type]
+        return ReportsCuda(opened[-1])
+
+    monkeypatch.setattr(sessions_module, "open_session", open_reporting_cuda)
+    return opened

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.core.sessions as sessions_module
 from model_store import ModelStore
 from service.core.engine import Engine, EngineOptions
 from service.core.protocol import Cancelled
@@ -236,30 +235,10 @@ def test_the_engine_keeps_no_copy_of_the_model_bytes(service_store: ModelStore) 
     assert engine.scores(np.zeros((1, 3, 224, 224), dtype=np.float32)).shape == (1, 5, 1, 1)
 
 
-class ReportsCuda:
-    """A real CPU session that says it runs on CUDA, to take the engine's CUDA-only paths."""
-
-    def __init__(self, session: object) -> None:
-        self._session = session
-
-    def get_providers(self) -> list[str]:
-        return ["CUDAExecutionProvider", CPU]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._session, name)
-
-
 def test_a_cuda_engine_opens_cuda_sessions_sessions(
-    service_store: ModelStore, monkeypatch: pytest.MonkeyPatch
+    service_store: ModelStore, sessions_report_cuda: list[object]
 ) -> None:
-    real_open = sessions_module.open_session
-    opened: list[object] = []
-
-    def open_reporting_cuda(*args: object) -> ReportsCuda:
-        opened.append(real_open(*args))  # type: ignore[arg-type]
-        return ReportsCuda(opened[-1])
-
-    monkeypatch.setattr(sessions_module, "open_session", open_reporting_cuda)
+    opened = sessions_report_cuda
     engine = Engine(
         service_store.read("tiny-d"), EngineOptions(device="cpu", cuda_sessions=3, max_batch=2)
     )

@@ -106,36 +106,14 @@ def test_a_cpu_engine_never_shares(service_store: ModelStore) -> None:
     assert engine.sessions == 1 and not engine.shared_weights
 
 
-class ReportsCuda:
-    """A real CPU session that says it runs on CUDA, to take the engine's CUDA-only paths."""
-
-    def __init__(self, session: object) -> None:
-        self._session = session
-
-    def get_providers(self) -> list[str]:
-        return ["CUDAExecutionProvider", CPU]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._session, name)
-
-
 @pytest.fixture
-def cuda_path(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def cuda_path(sessions_report_cuda: list[object], monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's CUDA path on CPU sessions: they report CUDA, and weights go to the CPU."""
-    real_open = sessions_module.open_session
-    opened: list[object] = []
-
-    def open_reporting_cuda(*args: object) -> ReportsCuda:
-        opened.append(real_open(*args))  # type: ignore[arg-type]
-        return ReportsCuda(opened[-1])
-
-    monkeypatch.setattr(sessions_module, "open_session", open_reporting_cuda)
     monkeypatch.setattr(sessions_module, "shared_weights_device", lambda providers: "cpu")
-    return opened
 
 
 def test_a_cuda_engine_shares_its_weights_over_its_sessions(
-    service_store: ModelStore, cuda_path: list[object]
+    service_store: ModelStore, cuda_path: None
 ) -> None:
     entry = service_store.read("tiny-d")
     plain = Engine(entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2))
@@ -148,16 +126,14 @@ def test_a_cuda_engine_shares_its_weights_over_its_sessions(
         np.testing.assert_allclose(shared.scores(x), plain.scores(x), atol=1e-5)
 
 
-def test_one_session_needs_no_shared_copy(
-    service_store: ModelStore, cuda_path: list[object]
-) -> None:
+def test_one_session_needs_no_shared_copy(service_store: ModelStore, cuda_path: None) -> None:
     options = EngineOptions(device="cpu", cuda_sessions=1, cuda_shared_weights=True)
     assert not Engine(service_store.read("tiny-d"), options).shared_weights
 
 
 def test_auto_falls_back_to_own_copies_when_the_weights_cannot_be_placed(
     service_store: ModelStore,
-    cuda_path: list[object],
+    cuda_path: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
