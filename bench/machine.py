@@ -147,6 +147,50 @@ def gpu_memory_mib(pid: int | None = None) -> float | None:
     return float(first) if first.replace(".", "", 1).isdigit() else None
 
 
+class GpuUtilization:
+    """``with GpuUtilization() as u: ...; u.summary()``: nvidia-smi's utilisation of GPU 0 (the
+    share of time a kernel ran), sampled every ``interval_ms`` while the block runs; the summary
+    is None where there is no nvidia-smi (the CPU suite)."""
+
+    def __init__(self, interval_ms: int = 100, command: list[str] | None = None) -> None:
+        self.command = command or [
+            "nvidia-smi",
+            "--id=0",
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+            f"-lms={interval_ms}",
+        ]
+        self.samples: list[float] = []
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuUtilization:
+        try:
+            self._process = subprocess.Popen(
+                self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+        except OSError:
+            self._process = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        out, _ = self._process.communicate(timeout=5)
+        self.samples = [float(v) for v in out.split() if v.replace(".", "", 1).isdigit()]
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        values = sorted(self.samples)
+        return {
+            "samples": len(values),
+            "mean_percent": sum(values) / len(values),
+            "median_percent": values[len(values) // 2],
+            "max_percent": values[-1],
+        }
+
+
 def load_snapshot() -> dict[str, object]:
     """How busy the machine is right now."""
     return {

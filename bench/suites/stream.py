@@ -8,12 +8,15 @@ Peers in the same run:
   network pixels per second over the single size's, so that it measures what variety costs
   (new shapes, no shared batches), not that a 21:9 photo has more pixels than a 4:3 one;
 - the bare onnxruntime limit: ``session.run`` on ``bare_views`` views of one shape per call,
-  as network pixels per second, turned into images/s of the stream's own pixel mix.
+  as network pixels per second, turned into images/s of the stream's own pixel mix;
+- torch eager (cuDNN on CUDA) on the same photos' dense views, one photo after the other, what a
+  user would write (``eager_images_per_s``).
 
 Also reported per level: p50 and p99 latency, the server's CPU seconds per image, and on CUDA
-its GPU memory. With the mode's ``stream_ensemble`` (``--stream-ensemble``) the requests ask for
-every served model as one ensemble (``model=vgg16,vgg19``); the bare limit is then the members'
-bare figures summed as the ensemble spends them (one image costs each member its pixels).
+its GPU memory and nvidia-smi's utilisation while the level ran. With the mode's
+``stream_ensemble`` (``--stream-ensemble``) the requests ask for every served model as one
+ensemble (``model=vgg16,vgg19``); the bare limit is then the members' bare figures summed as the
+ensemble spends them (one image costs each member its pixels).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     names = members(ctx)
     store = ctx.store()
     bare = {name: bare_pixels_per_s(ctx, store.read(name, verify=False)) for name in names}
-    figures, levels = [], []
+    figures, levels, eager = [], [], {}
     for choice in ctx.mode.stream_scales:
         scales = list(entry.manifest.test_scales) if choice == "default" else [int(choice)]
         params = {"model": ",".join(names), "flip": "true", "method": "dense"}
@@ -88,11 +91,14 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
             figures.append(stream_figure(choice, clients, mixed, alone, names))
             if clients == max(ctx.mode.stream_levels):
                 figures.append(bare_figure(choice, clients, mixed, bare, names))
+        eager[choice] = eager_images_per_s(ctx, paths, scales)
+        figures.append(eager_figure(choice, levels[-1]["mixed"], eager[choice], names))
     details = {
         "sizes": [list(s) for s in images.STREAM_SIZES],
         "single_size": list(SINGLE),
         "model": ",".join(names),
         "bare": bare,
+        "torch_eager": eager,
         "levels": levels,
         "settings": {"batch_window_ms": ctx.settings().batch_window_ms},
     }
@@ -111,7 +117,8 @@ def level(
     requests = ctx.mode.stream_requests * max(1, clients // 2)
     cpu_before, calls_before = process_cpu_s(server.pid), network(server, ctx, "calls")
     views_before = network(server, ctx, "views")
-    raw = loadgen(server.url + "/classify", bodies, clients, requests, params)
+    with machine.GpuUtilization() as utilization:
+        raw = loadgen(server.url + "/classify", bodies, clients, requests, params)
     cpu_s = process_cpu_s(server.pid) - cpu_before
     calls = network(server, ctx, "calls") - calls_before
     views = network(server, ctx, "views") - views_before
@@ -138,6 +145,7 @@ def level(
     }
     if ctx.cuda:
         result["gpu_memory_mib"] = machine.gpu_memory_mib(server.pid)
+        result["gpu_utilization"] = utilization.summary()
     return result
 
 
@@ -186,6 +194,55 @@ def bare_pixels_per_s(ctx: Context, entry) -> dict:
 
 def ensemble_label(names: list[str]) -> str:
     return f", ensemble {'+'.join(names)}" if len(names) > 1 else ""
+
+
+def eager_images_per_s(ctx: Context, paths: list[Path], scales: list[int]) -> dict:
+    """The peer a user would write: every stream photo once, its dense flip pair at each scale
+    through the same nets in torch eager (cuDNN on CUDA, its defaults), in the export's dtype,
+    numpy in and out, one after the other; images/s of those network calls alone (the inputs
+    are the service's own, made beforehand)."""
+    import torch
+
+    from bench.common import preprocessed
+    from bench.models import build_torch
+    from training.fully_conv import to_fully_convolutional
+
+    device, dtype = torch.device(ctx.device), getattr(torch, ctx.dtype)
+    store = ctx.store()
+    specs = [s for s in ctx.served if s.name in members(ctx)]
+    nets = [to_fully_convolutional(build_torch(s)).eval().to(device, dtype) for s in specs]
+    entry = store.read(specs[0].name, verify=False)
+    pairs = []
+    for path in paths:
+        data = path.read_bytes()
+        for q in scales:
+            x = preprocessed(data, entry, q)
+            pairs.append(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]])))
+
+    def one_pass() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for pair in pairs:
+                for net in nets:
+                    net(torch.from_numpy(pair).to(device, dtype)).float().cpu().numpy()
+        return time.perf_counter() - started
+
+    one_pass()  # warm-up: cuDNN's choices per shape, the allocator
+    seconds = one_pass()
+    return {"photos": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds}
+
+
+def eager_figure(choice: str, mixed: dict, eager: dict, names: list[str]) -> Figure:
+    return Figure(
+        benchmark=NAME,
+        label=f"photo stream against torch eager, Q={choice}{ensemble_label(names)}",
+        value=mixed["images_per_s"],
+        unit="images/s",
+        peer_label=f"torch eager on the stream's {eager['photos']} photos' views, one at a time",
+        peer=eager["images_per_s"],
+        ratio=mixed["images_per_s"] / eager["images_per_s"],
+        ratio_label="stream (most clients)/torch eager",
+    )
 
 
 def stream_figure(choice: str, clients: int, mixed: dict, alone: dict, names: list[str]) -> Figure:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -306,6 +307,23 @@ def test_stream_choices_override_the_mode(capsys: pytest.CaptureFixture[str]) ->
     assert "neither 'default' nor a Q" in capsys.readouterr().err
 
 
+def test_gpu_utilization_summarises_what_the_sampler_printed() -> None:
+    from bench.machine import GpuUtilization
+
+    fake = ["bash", "-c", "printf '10\\n30\\n50\\n'; sleep 30"]
+    with GpuUtilization(command=fake) as utilization:
+        time.sleep(0.5)
+    assert utilization.summary() == {
+        "samples": 3,
+        "mean_percent": 30.0,
+        "median_percent": 30.0,
+        "max_percent": 50.0,
+    }
+    with GpuUtilization(command=["/nonexistent/nvidia-smi"]) as missing:
+        pass
+    assert missing.summary() is None
+
+
 def test_smoke_stream_of_an_ensemble(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,7 +353,7 @@ def test_smoke_stream_of_an_ensemble(
     assert single["network_calls"] == 2 * single["ok"] and single["views_per_call"] == 2
     share = details["levels"][0]["mixed"]["network_mpix_per_image"] / 2
     limit = 1 / sum(share / b["mpix_per_s"] for b in details["bare"].values())
-    assert figures[-1].peer == pytest.approx(limit)
+    assert figures[1].peer == pytest.approx(limit)
 
 
 def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,8 +366,14 @@ def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(tiny_ctx, "mode", mode)
     figures, details = stream.run(tiny_ctx)
     assert [f.label.split(",")[0] for f in figures] == ["photo stream"] * 2 + [
-        "photo stream against the bare limit"
+        "photo stream against the bare limit",
+        "photo stream against torch eager",
     ]
+    eager = details["torch_eager"]["256"]
+    assert eager["photos"] == len(sizes) and eager["images_per_s"] > 0
+    assert figures[-1].ratio == pytest.approx(
+        details["levels"][-1]["mixed"]["images_per_s"] / eager["images_per_s"]
+    )
     for lvl in details["levels"]:
         for run in (lvl["mixed"], lvl["single"]):
             assert run["ok"] == run["requests"] == 3 * max(1, lvl["clients"] // 2)
