@@ -124,7 +124,18 @@ for variant in $LOC_VARIANTS; do
         --model "demo-loc-$variant" --data "$WORK/data/test" --json "$WORK/loc-$variant/test_errors.json" \
         --no-progress
 done
-"$PYTHON" - "$WORK" $LOC_VARIANTS <<'EOF'
+# The paper merged the box sets of its two nets: the union of the first two variants, as
+# /localize?model=a,b merges them (its central crop is the first net's).
+set -- $LOC_VARIANTS
+union=""
+if [ $# -ge 2 ]; then
+    union="$1+$2"
+    mkdir -p "$WORK/loc-$union"
+    stage "evaluate-loc-$union" "$VERYDEEP" evaluate --task localization --store "$WORK/loc-store" \
+        --model "demo-loc-$1,demo-loc-$2" --data "$WORK/data/test" \
+        --json "$WORK/loc-$union/test_errors.json" --no-progress
+fi
+"$PYTHON" - "$WORK" $LOC_VARIANTS $union <<'EOF'
 import json
 import sys
 from pathlib import Path

@@ -65,7 +65,8 @@ def register(commands: Any) -> None:
         "--task",
         choices=["classification", "localization"],
         default="classification",
-        help="localization: --model is one localization model (default: %(default)s)",
+        help="localization: --model is a localization model, or a comma list of them whose "
+        "box sets are merged together (default: %(default)s)",
     )
     p.add_argument(
         "--classify-with",

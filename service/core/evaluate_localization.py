@@ -13,7 +13,8 @@ ILSVRC's VOC XML files (``model_store.annotations.folder_annotations``):
 - the central crop (Table 8), which factors classification out: the image rescaled to the
   localisation net's single test scale (Q = S, or (S_min + S_max) / 2), its central 224 x 224
   crop through the net, and the box of the image's class (PCR) or the single box (SCR); an error
-  when its IoU with every truth box is under 0.5.
+  when its IoU with every truth box is under 0.5. Table 8 compares single nets: for a comma list
+  of nets (their box sets merged in the first protocol) it is the first net's.
 
 The folder is read and matched to the labels as ``verydeep evaluate`` reads it
 (``service.core.evaluate.scan_folder``), the models opened and verified as the service opens
@@ -25,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ class LocalizationRow:
     scales: list[int]
     flip: bool
     central_scale: int
+    localizers: list[tuple[str, list[int]]] = field(default_factory=list)
     images: int = 0
     top1_errors: int = 0
     top5_errors: int = 0
@@ -113,6 +115,8 @@ class LocalizationRow:
             "images": self.images,
             "top1_localization_error": self.top1_error,
             "top5_localization_error": self.top5_error,
+            "localizers": [{"model": n, "scales": qs} for n, qs in self.localizers],
+            "central_crop_model": self.localizers[0][0] if self.localizers else self.model,
             "central_crop_scale": self.central_scale,
             "central_crop_error": self.central_error,
             "images_per_s": self.images_per_s,
@@ -145,10 +149,19 @@ def central_crop_box(
 
 @dataclass(frozen=True)
 class _Plan:
-    locnet: Engine
+    """What runs: the localisation nets (``name`` as given), the classifier and its members,
+    and the scales asked for (None: each net's test scales)."""
+
+    name: str
+    locnets: tuple[Engine, ...]
     classifier: str
     members: tuple[Engine, ...]
-    scales: list[int]
+    scales: list[int] | None
+
+    @property
+    def locnet(self) -> Engine:
+        """The net of the central-crop protocol (Table 8 compares single nets): the first."""
+        return self.locnets[0]
 
 
 def _plan(
@@ -162,21 +175,54 @@ def _plan(
         ensembles = store.ensembles()
     except StoreError:
         ensembles = {}
-    if "," in model or model in ensembles:
+    try:
+        named = parse_spec(model, ensembles)
+    except ServiceError as err:
+        raise EvaluationError(f"--model: {err.message.removeprefix('model: ')}") from None
+    if named.kind == "ensemble":
         raise EvaluationError(
-            f"--model: {model!r} is not one model; --task localization takes one localization model"
+            f"--model: {model!r} is an ensemble of classification models; --task localization "
+            "takes localization models, one or a comma list"
         )
-    locnet = _open(store, model, settings, ensembles)
-    loc = locnet.manifest.localization
-    if loc is None:
+    locnets = tuple(_open(store, name, settings, ensembles) for name in named.members)
+    for net in locnets:
+        if net.manifest.localization is None:
+            raise EvaluationError(
+                f"--model: {net.name!r} is a classification model; --task localization takes "
+                "localization models (and the classifier as --classify-with)"
+            )
+    parsed = _classifier(store, named.name, locnets, classify_with, ensembles)
+    members = tuple(_open(store, name, settings, ensembles) for name in parsed.members)
+    for m in members:
+        if m.manifest.task == "localization":
+            raise EvaluationError(f"--classify-with: {m.name!r} is a localization model")
+    try:
+        check_labels(ModelSpec(parsed.name, (), "list"), [*locnets, *members])
+    except ServiceError:
         raise EvaluationError(
-            f"--model: {model!r} is a classification model; --task localization takes a "
-            "localization model (and the classifier as --classify-with)"
+            f"--classify-with: {parsed.name!r} has other labels than {named.name!r}"
+        ) from None
+    return _Plan(named.name, locnets, parsed.name, members, _scales(scales, locnets))
+
+
+def _classifier(
+    store: ModelStore,
+    name: str,
+    locnets: Sequence[Engine],
+    classify_with: str | None,
+    ensembles: dict,
+) -> ModelSpec:
+    """``--classify-with``, else the classifier the nets' manifests name (the same for all)."""
+    named = {net.manifest.localization.classifier for net in locnets}  # type: ignore[union-attr]
+    if classify_with is None and len(named) > 1:
+        raise EvaluationError(
+            f"the localization models of {name!r} name different classifiers; pass "
+            "--classify-with NAME"
         )
-    spec = classify_with or loc.classifier
+    spec = classify_with or next(iter(named))
     if spec is None:
         raise EvaluationError(
-            f"{model!r} names no classifier in its manifest; pass --classify-with NAME"
+            f"{name!r} names no classifier in its manifest; pass --classify-with NAME"
         )
     try:
         parsed = parse_spec(spec, ensembles)
@@ -184,26 +230,25 @@ def _plan(
         raise EvaluationError(f"--classify-with: {err.message.removeprefix('model: ')}") from None
     if classify_with is None and not set(parsed.members) <= set(store.names()):
         raise EvaluationError(
-            f"the classifier of {model!r}, {spec!r}, is not in {store.root}; pass "
+            f"the classifier of {name!r}, {spec!r}, is not in {store.root}; pass "
             "--classify-with NAME"
         )
-    members = tuple(_open(store, name, settings, ensembles) for name in parsed.members)
-    for m in members:
-        if m.manifest.task == "localization":
-            raise EvaluationError(f"--classify-with: {m.name!r} is a localization model")
-    try:
-        check_labels(ModelSpec(parsed.name, (), "list"), [locnet, *members])
-    except ServiceError:
-        raise EvaluationError(
-            f"--classify-with: {parsed.name!r} has other labels than {model!r}"
-        ) from None
+    return parsed
+
+
+def _scales(scales: ScaleChoice, locnets: Sequence[Engine]) -> list[int] | None:
+    """The scales every net runs at (None: each its own test scales)."""
     if scales == "default":
-        chosen = list(locnet.manifest.test_scales)
-    elif scales == "single":
-        chosen = [locnet.manifest.train_scale.single_test_scale()]
-    else:
-        chosen = list(scales)
-    return _Plan(locnet, parsed.name, members, chosen)
+        return None
+    if scales == "single":
+        single = {net.manifest.train_scale.single_test_scale() for net in locnets}
+        if len(single) > 1:
+            raise EvaluationError(
+                "--scales single: the localization models were trained at different scales; "
+                "give the scales"
+            )
+        return sorted(single)
+    return list(scales)
 
 
 ImageHook = Callable[[Path, Localized, np.ndarray], None]
@@ -233,24 +278,26 @@ def evaluate_localization(
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be at least 1, not {limit}")
     run = _plan(store, model, classify_with, scales, settings)
-    locnet, manifest = run.locnet, run.locnet.manifest
+    manifest = run.locnet.manifest
     images, files, truth = _labelled_boxes(Path(data), manifest.labels, class_match, limit,
                                            boxes_dir)  # fmt: skip
     central_q = manifest.train_scale.single_test_scale()
     k = min(5, manifest.num_classes)
+    job = LocalizeRequest(run.locnets, run.members, run.scales, flip, k)
     row = LocalizationRow(
-        model=locnet.name,
+        model=run.name,
         classified_by=run.classifier,
         members=[m.name for m in run.members],
-        scales=sorted(run.scales),
+        scales=job.every_scale(),
         flip=flip,
         central_scale=central_q,
+        localizers=[(net.name, qs) for net, qs in job.plan()],
     )
     bar = progress_bar(list(zip(images, files, strict=True)), desc="evaluate", unit="img",
                        enabled=progress)  # fmt: skip
     for item, file in bar:
         started = time.perf_counter()
-        seen = _both_protocols(run, item.path, item.label, flip, k, central_q, settings)
+        seen = _both_protocols(run, job, item.path, item.label, central_q, settings)
         boxes = truth[file].boxes
         hits = [guess_is_right(p.index, p.box, item.label, boxes) for p in seen.result.predictions]
         central_right = best_iou(seen.central_box, boxes) >= HIT_IOU
@@ -298,22 +345,20 @@ class _Seen:
 
 def _both_protocols(
     run: _Plan,
+    job: LocalizeRequest,
     path: Path,
     label: int,
-    flip: bool,
-    k: int,
     central_q: int,
     settings: Settings,
 ) -> _Seen:
     """``path`` through ``/localize``'s own work (``localize_bytes``: decoding, its checks, the
-    procedure), then the central crop of the same decoding (of a finer one where a JPEG draft
-    was decoded for smaller scales than the crop's)."""
-    job = LocalizeRequest(run.locnet, run.members, run.scales, flip, k)
+    procedure), then the first net's central crop of the same decoding (of a finer one where a
+    JPEG draft was decoded for smaller scales than the crop's)."""
     try:
         data = path.read_bytes()
         outcome = localize_bytes(data, job, settings, threading.Event())
         decoded = outcome.decoded
-        if settings.jpeg_draft and central_q > max(run.scales):
+        if settings.jpeg_draft and central_q > max(job.every_scale()):
             decoded = decode(data, settings.image_limits(), max_scale=central_q)
     except (OSError, ImageError) as err:
         raise EvaluationError(f"{path}: {err}") from None

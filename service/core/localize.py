@@ -24,6 +24,11 @@ or an ensemble: the classifier) rates them. For an image of ``W x H`` pixels, at
    box is the merged box of largest weight; its ``box_score``, that weight over the class's
    total: the share of the class's evidence that voted for the box.
 
+With several localisation nets (as the paper's submission combined its nets at S = 256 and
+S = 384), each runs at its scales (the asked ones, else its own ``test_scales``), the classifier
+at every scale any of them runs at, and the union of their box sets is merged: in step 4 every
+box of every net votes, each with the classifier's posterior at its own cell and scale.
+
 The service (``/localize``) and the offline evaluator (``verydeep evaluate --task
 localization``) both call ``localize``.
 """
@@ -66,8 +71,9 @@ class LocalizedClass:
 
 @dataclass(frozen=True)
 class Localized:
-    """What ``localize`` computed: the classifier's posterior, the predictions, the boxes each
-    class merged (cells x views over scales), the views per model and the merging's seconds."""
+    """What ``localize`` computed: the classifier's posterior, the predictions, the scales the
+    classifier ran at with its views, each localisation net's scales, the boxes each class
+    merged (cells x views over scales and nets) and the merging's seconds."""
 
     posterior: np.ndarray
     predictions: tuple[LocalizedClass, ...]
@@ -76,6 +82,7 @@ class Localized:
     boxes_per_class: int
     merge_s: float
     members: tuple[str, ...] = field(default=())
+    localizers: tuple[tuple[str, tuple[int, ...]], ...] = field(default=())
 
 
 def cell_boxes(
@@ -111,31 +118,51 @@ def cell_posteriors(score_maps: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Views:
-    """The box maps of a scale's views with the classifier's cell posteriors beside them."""
+    """One localisation net's box maps of a scale's views, with the classifier's cell posteriors
+    of those views beside them."""
 
+    manifest: Manifest
     rescaled: tuple[int, int]
     box_maps: np.ndarray  # (V, C, h, w)
     weights: np.ndarray  # (V, K, h, w)
 
 
-def _views(
-    locnet: ScoringModel,
+def net_scales(
+    locnets: Sequence[ScoringModel], scales: Sequence[int] | None
+) -> list[tuple[ScoringModel, list[int]]]:
+    """Each localisation net with the scales it runs at: ``scales`` where given, else its own
+    ``test_scales``."""
+    return [(net, list(scales or net.manifest.test_scales)) for net in locnets]
+
+
+def _cell_weights(
     classifiers: Sequence[ScoringModel],
     inputs: ScaledImages,
     q: int,
     flip: bool,
     dense: dict[str, list[np.ndarray]],
     cancel: threading.Event | None,
-) -> _Views:
+) -> np.ndarray:
+    """The classifier's cell posteriors ``(V, K, h, w)`` of the views at ``q`` (the members'
+    mean), its members' view posteriors appended to ``dense``."""
     weights = None
     for m in classifiers:
-        x = inputs.get(q, m)
-        score_maps = m.scores(_batch(x, flip), cancel)
+        score_maps = m.scores(_batch(inputs.get(q, m), flip), cancel)
         dense[m.name].append(softmax(score_maps.mean(axis=(2, 3), dtype=np.float64)))
         cells = cell_posteriors(score_maps)
         weights = cells if weights is None else weights + cells
     assert weights is not None
-    weights /= len(classifiers)
+    return weights / len(classifiers)
+
+
+def _box_views(
+    locnet: ScoringModel,
+    inputs: ScaledImages,
+    q: int,
+    flip: bool,
+    weights: np.ndarray,
+    cancel: threading.Event | None,
+) -> _Views:
     x = inputs.get(q, locnet)
     box_maps = locnet.scores(_batch(x, flip), cancel)
     if box_maps.shape[2:] != weights.shape[2:]:
@@ -144,7 +171,7 @@ def _views(
             f"{box_maps.shape[3]} cells but the score maps of the classifier have "
             f"{weights.shape[2]} x {weights.shape[3]}: they cannot be paired cell by cell"
         )
-    return _Views((x.shape[2], x.shape[1]), box_maps, weights)
+    return _Views(locnet.manifest, (x.shape[2], x.shape[1]), box_maps, weights)
 
 
 def _batch(x: np.ndarray, flip: bool) -> np.ndarray:
@@ -152,11 +179,11 @@ def _batch(x: np.ndarray, flip: bool) -> np.ndarray:
 
 
 def localize(
-    locnet: ScoringModel,
+    locnets: Sequence[ScoringModel],
     classifiers: Sequence[ScoringModel],
     image: Image.Image,
     size: tuple[int, int],
-    scales: Sequence[int],
+    scales: Sequence[int] | None = None,
     flip: bool = True,
     k: int = 5,
     *,
@@ -165,16 +192,20 @@ def localize(
     cache: ScaledImages | None = None,
 ) -> Localized:
     """The ``k`` most probable classes of an RGB ``image`` by ``classifiers``, each with its box
-    by ``locnet`` (the module's procedure). ``size`` is the image's (W, H) as uploaded: boxes are
-    in its pixels (``image`` may be a smaller draft decoding of it). ``cancel``: checked before
-    every network call and every class's merging (``protocol.Cancelled``)."""
-    if not classifiers:
-        raise ValueError("at least one classifier is needed")
-    if not scales:
+    merged from the boxes of ``locnets`` (the module's procedure), at ``scales`` (None: each
+    net's ``test_scales``). ``size`` is the image's (W, H) as uploaded: boxes are in its pixels
+    (``image`` may be a smaller draft decoding of it). ``cancel``: checked before every network
+    call and every class's merging (``protocol.Cancelled``)."""
+    if not classifiers or not locnets:
+        raise ValueError("at least one classifier and one localization net are needed")
+    plan = net_scales(locnets, scales)
+    every_q = sorted({q for _, qs in plan for q in qs})
+    if not every_q:
         raise ValueError("at least one scale is needed")
     inputs = cache if cache is not None else ScaledImages(image)
     dense: dict[str, list[np.ndarray]] = {m.name: [] for m in classifiers}
-    views = [_views(locnet, classifiers, inputs, q, flip, dense, cancel) for q in scales]
+    weights = {q: _cell_weights(classifiers, inputs, q, flip, dense, cancel) for q in every_q}
+    views = [_box_views(net, inputs, q, flip, weights[q], cancel) for net, qs in plan for q in qs]
     posterior = np.mean([np.concatenate(v).mean(axis=0) for v in dense.values()], axis=0)
     started = time.perf_counter()
     predictions = []
@@ -183,7 +214,7 @@ def localize(
         found, votes = [], []
         for v in views:
             for n, box_map in enumerate(v.box_maps):
-                found.append(cell_boxes(box_map, cls, locnet.manifest, v.rescaled, size, n == 1))
+                found.append(cell_boxes(box_map, cls, v.manifest, v.rescaled, size, n == 1))
                 votes.append(v.weights[n, cls].reshape(-1))
         best = merging.class_box(np.concatenate(found), np.concatenate(votes), threshold)
         x0, y0, x1, y1 = (float(c) for c in best.box)
@@ -195,11 +226,12 @@ def localize(
     return Localized(
         posterior=posterior,
         predictions=tuple(predictions),
-        scales=tuple(scales),
-        views=views_per_scale("dense", flip) * len(scales),
+        scales=tuple(every_q),
+        views=views_per_scale("dense", flip) * len(every_q),
         boxes_per_class=sum(v.box_maps.shape[0] * v.box_maps[0, 0].size for v in views),
         merge_s=time.perf_counter() - started,
         members=tuple(m.name for m in classifiers),
+        localizers=tuple((net.name, tuple(qs)) for net, qs in plan),
     )
 
 

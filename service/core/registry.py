@@ -211,14 +211,15 @@ class Registry:
         check_labels(parsed, members)
         return Resolved(parsed.name, members)
 
-    def localization_model(self, name: str | None) -> Engine:
-        """The localisation entry ``name`` (None: the store's only one) for ``/localize``.
-        Raises UnknownModel (404), InvalidParameter or UnsupportedModel (422)."""
+    def localization_models(self, name: str | None) -> Resolved:
+        """The localisation entry ``name``, or the comma list of them whose box sets are merged
+        together (None: the store's only one), for ``/localize``. Raises UnknownModel (404),
+        InvalidParameter or UnsupportedModel (422)."""
         models = self.models
         entries = sorted(n for n, e in models.items() if e.manifest.task == "localization")
         if name is None or (not name.strip() and len(name) <= MAX_SPEC_LENGTH):
             if len(entries) == 1:
-                return models[entries[0]]
+                return Resolved(entries[0], (models[entries[0]],))
             if not entries:
                 raise InvalidParameter(
                     "model: the store serves no localization model (an entry of task "
@@ -226,41 +227,32 @@ class Registry:
                 )
             raise InvalidParameter(
                 f"model: the store serves several localization models; name one of "
-                f"{', '.join(entries)}"
+                f"{', '.join(entries)}, or several as a comma list"
             )
         parsed = parse_spec(name, self.ensembles)
-        if parsed.kind != "model":
-            kind = "an ensemble" if parsed.kind == "ensemble" else "a list"
+        if parsed.kind == "ensemble":
             raise InvalidParameter(
-                f"model: {quoted(parsed.name)} is {kind}; /localize takes one localization "
-                f"model ({', '.join(entries) or 'none served'})"
+                f"model: {quoted(parsed.name)} is an ensemble of classification models; "
+                f"/localize takes localization models ({', '.join(entries) or 'none served'}), "
+                "one or a comma list"
             )
-        engine = self._model(parsed.name, models)
-        if engine.manifest.task != "localization":
-            raise UnsupportedModel(
-                f"model: {engine.name!r} is a classification model; /localize needs a "
-                f"localization model ({', '.join(entries) or 'none served'}) and takes the "
-                f"classifier as classify_with={engine.name}"
-            )
-        return engine
+        nets = [self._model(n, models) for n in parsed.members]
+        for engine in nets:
+            if engine.manifest.task != "localization":
+                raise UnsupportedModel(
+                    f"model: {engine.name!r} is a classification model; /localize needs "
+                    f"localization models ({', '.join(entries) or 'none served'}) and takes "
+                    f"the classifier as classify_with={engine.name}"
+                )
+        check_labels(parsed, nets)
+        return Resolved(parsed.name, tuple(nets))
 
-    def classifier_for(self, locnet: Engine, spec: str | None) -> Resolved:
-        """What ranks the classes of ``locnet``'s boxes: ``spec`` (``classify_with``), else the
-        manifest's ``localization.classifier``; its labels must be ``locnet``'s (422)."""
+    def classifier_for(self, locnets: Resolved, spec: str | None) -> Resolved:
+        """What ranks the classes of the boxes of ``locnets``: ``spec`` (``classify_with``),
+        else the classifier their manifests name (``localization.classifier``, the same for
+        all); its labels must be theirs (422)."""
         if spec is None or (not spec.strip() and len(spec) <= MAX_SPEC_LENGTH):
-            assert locnet.manifest.localization is not None
-            named = locnet.manifest.localization.classifier
-            if named is None:
-                raise InvalidParameter(
-                    f"classify_with: {locnet.name!r} names no classifier in its manifest; pass "
-                    "classify_with (a classification model, ensemble or comma list)"
-                )
-            if named not in self.models and named not in self.ensembles:
-                raise InvalidParameter(
-                    f"classify_with: the classifier of {locnet.name!r}, {named!r}, is not served "
-                    "here; pass classify_with (a classification model, ensemble or comma list)"
-                )
-            spec = named
+            spec = self._named_classifier(locnets)
         try:
             resolved = self.resolve(spec)
         except ServiceError as err:
@@ -268,13 +260,42 @@ class Registry:
                 raise
             raise type(err)(f"classify_with: {err.message.removeprefix('model: ')}") from None
         try:
-            check_labels(ModelSpec(resolved.name, (), "list"), [locnet, *resolved.members])
+            check_labels(
+                ModelSpec(resolved.name, (), "list"), [*locnets.members, *resolved.members]
+            )
         except InvalidParameter:
             raise InvalidParameter(
-                f"classify_with: {quoted(resolved.name)} has other labels than {locnet.name!r}; "
-                "the classifier must rank the classes the boxes are for"
+                f"classify_with: {quoted(resolved.name)} has other labels than "
+                f"{quoted(locnets.name)}; the classifier must rank the classes the boxes are for"
             ) from None
         return resolved
+
+    def _named_classifier(self, locnets: Resolved) -> str:
+        named = {
+            net.name: net.manifest.localization.classifier  # type: ignore[union-attr]
+            for net in locnets.members
+        }
+        missing = [n for n, c in named.items() if c is None]
+        if missing:
+            raise InvalidParameter(
+                f"classify_with: {', '.join(map(repr, missing))} names no classifier in its "
+                "manifest; pass classify_with (a classification model, ensemble or comma list)"
+            )
+        if len(set(named.values())) > 1:
+            pairs = ", ".join(f"{n!r}: {c!r}" for n, c in named.items())
+            raise InvalidParameter(
+                f"classify_with: the localization models name different classifiers ({pairs}); "
+                "pass classify_with (a classification model, ensemble or comma list)"
+            )
+        (classifier,) = set(named.values())
+        assert classifier is not None
+        if classifier not in self.models and classifier not in self.ensembles:
+            raise InvalidParameter(
+                f"classify_with: the classifier of {quoted(locnets.name)}, {classifier!r}, is "
+                "not served here; pass classify_with (a classification model, ensemble or "
+                "comma list)"
+            )
+        return classifier
 
     def _model(self, name: str, models: dict[str, Engine]) -> Engine:
         if name in models:

@@ -174,7 +174,10 @@ def localize_params(
     settings: Annotated[Settings, Depends(app_settings)],
     model: Annotated[
         str | None,
-        Query(description="a localization model (default: the store's only one)"),
+        Query(
+            description="a localization model, or a comma list of them whose box sets are "
+            "merged together (default: the store's only one)"
+        ),
     ] = None,
     classify_with: Annotated[
         str | None,
@@ -188,7 +191,7 @@ def localize_params(
         str | None,
         Query(
             description="comma-separated test scales Q, each in [224, VERYDEEP_MAX_SCALE] "
-            "(default: the localization model's test_scales)",
+            "(default: each localization model's test_scales)",
             examples=["256,384"],
         ),
     ] = None,

@@ -18,6 +18,7 @@ from service.core.describe import FeaturesRequest, describe_bytes
 from service.core.errors import NotReady
 from service.core.gate import WorkGate
 from service.core.localize_request import LocalizeRequest, localize_bytes
+from service.core.protocol import views_per_scale
 from service.core.registry import Registry
 from service.http.access_log import LOG_FIELDS
 from service.http.handlers import retry_after
@@ -255,17 +256,22 @@ async def localize_image(
 ) -> LocalizeResponse:
     arrived = time.perf_counter()
     service, gate, log_fields = _start(request, "localize", params.flip)
-    locnet = service.registry.localization_model(params.model)
-    classifier = service.registry.classifier_for(locnet, params.classify_with)
-    log_fields.update(model=locnet.name, classified_by=classifier.name)
-    scales = params.scales if params.scales is not None else list(locnet.manifest.test_scales)
+    locnets = service.registry.localization_models(params.model)
+    classifier = service.registry.classifier_for(locnets, params.classify_with)
+    log_fields.update(model=locnets.name, classified_by=classifier.name)
     job = LocalizeRequest(
-        locnet, classifier.members, scales, params.flip, params.k(classifier.num_classes)
+        locnets.members,
+        classifier.members,
+        params.scales,
+        params.flip,
+        params.k(classifier.num_classes),
     )
     outcome, queue_s = await _admitted(request, service, gate, log_fields, localize_bytes, job)
     total_s = time.perf_counter() - arrived
     result = outcome.result
-    runs = {name: (list(result.scales), result.views) for name in (locnet.name, *result.members)}
+    per_view = views_per_scale("dense", params.flip)
+    runs = {name: (list(result.scales), result.views) for name in result.members}
+    runs.update({name: (list(qs), per_view * len(qs)) for name, qs in result.localizers})
     _observe(
         service.metrics,
         log_fields,
@@ -275,7 +281,7 @@ async def localize_image(
         outcome.inference_s,
         total_s,
     )
-    response = localize_response(locnet.name, classifier, params, outcome, total_s)
+    response = localize_response(locnets.name, classifier, params, outcome, total_s)
     log_fields.update(
         image=f"{response.image.width}x{response.image.height}",
         top1=response.predictions[0].label,

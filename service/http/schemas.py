@@ -103,16 +103,31 @@ class LocalizeTiming(Timing):
     merge: float = Field(description="greedy merging of the classes' boxes, milliseconds")
 
 
+class LocalizerScales(BaseModel):
+    model: str = Field(description="a localization model whose boxes were merged")
+    scales: list[int] = Field(description="the test scales Q it ran at")
+
+
 class LocalizeResponse(BaseModel):
-    model: str = Field(description="the localization model whose boxes these are")
+    model: str = Field(
+        description="the localization model whose boxes these are, or the comma list of those "
+        "whose box sets were merged together"
+    )
     classified_by: str = Field(
         description="the model, ensemble or comma list that ranked the classes and weighed "
         "the boxes"
     )
     members: list[str] = Field(description="the classification models whose posteriors averaged")
-    scales: list[int] = Field(description="the test scales Q, for both nets")
+    localizers: list[LocalizerScales] = Field(
+        description="the localization models, in order, each with the scales it ran at"
+    )
+    scales: list[int] = Field(
+        description="the test scales Q the classifier ran at: every scale of a localization model"
+    )
     flip: bool
-    boxes_per_class: int = Field(description="boxes merged per class: map cells x views")
+    boxes_per_class: int = Field(
+        description="boxes merged per class: map cells x views, over the localization models"
+    )
     predictions: list[LocalizedPrediction] = Field(
         description="top_k classes, most probable first, each with its box"
     )

@@ -97,7 +97,9 @@ def central_crop_by_hand(store: ModelStore, name: str, path: Path, label: int) -
 
 
 @pytest.mark.parametrize(
-    ("model", "scales"), [("loc", "default"), ("loc-scr", [256])], ids=["pcr", "scr"]
+    ("model", "scales"),
+    [("loc", "default"), ("loc-scr", [256]), ("loc,loc-scr", "default")],
+    ids=["pcr", "scr", "union"],
 )
 def test_errors_equal_those_of_localize_answers(
     store: ModelStore, shapes: Path, model: str, scales
@@ -131,12 +133,14 @@ def test_errors_equal_those_of_localize_answers(
         np.testing.assert_allclose(
             [p.box for p in result.predictions], [p["box"] for p in answer["predictions"]]
         )
-        want = central_crop_by_hand(store, model, path, CLASSES.index(label))
+        want = central_crop_by_hand(store, model.split(",")[0], path, CLASSES.index(label))
         np.testing.assert_allclose(crop, want, atol=1e-3)
         central += max(iou(crop, np.array(t)) for t in truths[path]) < 0.5
     n = len(answers)
     assert (row.top1_error, row.top5_error, row.central_error) == (top1 / n, top5 / n, central / n)
-    assert row.scales == answers[next(iter(answers))]["scales"]
+    first = answers[next(iter(answers))]
+    assert row.scales == first["scales"] and row.model == model == first["model"]
+    assert [{"model": n, "scales": qs} for n, qs in row.localizers] == first["localizers"]
     assert row.classified_by == "d" and row.central_scale == 256
 
 
@@ -172,7 +176,8 @@ def test_command_writes_the_json(
     [
         (["--task", "localization", "--model", "d"], "is a classification model"),
         (["--task", "localization", "--model", "loc", "--classify-with", "loc-scr"], "a local"),
-        (["--task", "localization", "--model", "loc,loc-scr"], "not one model"),
+        (["--task", "localization", "--model", "loc,loc"], "listed twice"),
+        (["--task", "localization", "--model", "loc,d"], "'d' is a classification model"),
         (["--task", "localization", "--model", "loc", "--method", "multicrop"], "--method"),
         (["--model", "loc"], "evaluate it with --task localization"),
         (["--model", "d", "--boxes", "x"], "--boxes is for --task localization"),

@@ -18,6 +18,8 @@ from PIL import Image
 
 from model_store import ModelStore
 from service.core.localize import cell_boxes
+from service.core.localize import localize as localize_procedure
+from service.core.localize_request import boxes_per_class
 from service.core.registry import Registry
 from service.http.app import create_app
 from tests.service.helpers import PaperProtocol, encode, sample_image, settings_for
@@ -70,7 +72,7 @@ class ByHand:
 
     def localize(
         self,
-        locnet: str,
+        locnet: str | Sequence[tuple[str, Sequence[int]]],
         classifiers: Sequence[str],
         image: Image.Image,
         scales: Sequence[int],
@@ -78,28 +80,38 @@ class ByHand:
         k: int,
         mirror_back: bool = True,
     ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, float]]]:
-        manifest = self.store.read(locnet).manifest
-        per_class = manifest.localization.regression == "per-class"  # type: ignore[union-attr]
+        """``locnet``: a net's name or a comma list of them, each at ``scales``; or pairs of
+        a net and its own scales, the classifier then at every scale of any of them."""
+        if isinstance(locnet, str):
+            nets = [(name, list(scales)) for name in locnet.split(",")]
+        else:
+            nets = [(name, list(qs)) for name, qs in locnet]
+        every_q = sorted({q for _, qs in nets for q in qs})
         width, height = image.size
         posteriors: dict[str, list[np.ndarray]] = {m: [] for m in classifiers}
-        views = []  # (box map, cell weights (K, h, w), mirrored, W_Q, H_Q)
-        for q in scales:
+        cells = {}
+        for q in every_q:
             weights = 0.0
             for m in classifiers:
                 scores = self.run(m, image, q, flip).astype(np.float64)
                 mean = scores.mean(axis=(2, 3))
                 posteriors[m] += list(np.exp(mean) / np.exp(mean).sum(1, keepdims=True))
                 weights = weights + np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
-            weights = weights / len(classifiers)
-            box_maps = self.run(locnet, image, q, flip).astype(np.float64)
-            w_q, h_q = self.rescaled(image, q)
-            for v in range(len(box_maps)):
-                views.append((box_maps[v], weights[v], v == 1, w_q, h_q))
+            cells[q] = weights / len(classifiers)
+        views = []  # (box map, cell weights (K, h, w), mirrored, W_Q, H_Q, per class)
+        for name, qs in nets:
+            manifest = self.store.read(name).manifest
+            per_class = manifest.localization.regression == "per-class"  # type: ignore[union-attr]
+            for q in qs:
+                box_maps = self.run(name, image, q, flip).astype(np.float64)
+                w_q, h_q = self.rescaled(image, q)
+                for v in range(len(box_maps)):
+                    views.append((box_maps[v], cells[q][v], v == 1, w_q, h_q, per_class))
         posterior = np.mean([np.mean(p, axis=0) for p in posteriors.values()], axis=0)
         answers = []
         for cls in np.argsort(-posterior, kind="stable")[:k]:
             boxes, votes = [], []
-            for box_map, weights, mirrored, w_q, h_q in views:
+            for box_map, weights, mirrored, w_q, h_q, per_class in views:
                 p = box_map[4 * cls : 4 * cls + 4] if per_class else box_map[0:4]
                 for i in range(p.shape[1]):
                     for j in range(p.shape[2]):
@@ -151,6 +163,15 @@ def check(body: dict, want: tuple[np.ndarray, list]) -> None:
             [224, 256, 288],
             True,
         ),
+        # Two nets, the union of their box sets merged (paper Appendix A).
+        ("loc-pcr,loc-scr", ["tiny-d"], {"classify_with": "tiny-d", "scales": "256"}, [256], True),
+        (
+            "loc-scr,loc-pcr",
+            ["tiny-d", "tiny-e"],
+            {"classify_with": "tiny-de", "scales": "224,288", "top_k": 3},
+            [224, 288],
+            True,
+        ),
     ],
 )
 def test_boxes_are_the_procedure_computed_by_hand(
@@ -167,6 +188,7 @@ def test_boxes_are_the_procedure_computed_by_hand(
     body = localize(loc_client, png, model=model, **params)
     k = params.get("top_k", 5)
     assert body["model"] == model and body["scales"] == scales and body["flip"] is flip
+    assert body["localizers"] == [{"model": n, "scales": scales} for n in model.split(",")]
     assert body["members"] == classifiers and len(body["predictions"]) == k
     check(body, by_hand.localize(model, classifiers, image, scales, flip, k))
     assert body["image"] == {"width": 300, "height": 260}
@@ -202,6 +224,61 @@ def test_the_mirrored_views_boxes_are_mirrored_back(
         for p, (_, box, _) in zip(body["predictions"], unmirrored[1], strict=True)
     ]
     assert max(differences) > 1.0
+
+
+class WithTestScales:
+    """An engine whose manifest says other test scales, to run two nets at scales of their own."""
+
+    def __init__(self, engine: object, scales: list[int]) -> None:
+        self._engine = engine
+        self.manifest = engine.manifest.model_copy(update={"test_scales": scales})  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+
+def test_each_net_runs_at_its_own_scales_and_the_classifier_at_all(
+    loc_registry: Registry, image: Image.Image, by_hand: ByHand
+) -> None:
+    """The paper's submission merged nets trained at S = 256 and S = 384: by default each net
+    runs at its own test scales, the classifier at every one of them, and each box votes with
+    the classifier's posterior at its own cell and scale."""
+    models = loc_registry.models
+    nets = [WithTestScales(models["loc-pcr"], [256]), WithTestScales(models["loc-scr"], [288])]
+    result = localize_procedure(nets, [models["tiny-d"]], image, image.size, None, True, 4)
+    assert result.scales == (256, 288) and result.views == 4
+    assert result.localizers == (("loc-pcr", (256,)), ("loc-scr", (288,)))
+    plan = [("loc-pcr", [256]), ("loc-scr", [288])]
+    posterior, answers = by_hand.localize(plan, ["tiny-d"], image, [], True, 4)
+    np.testing.assert_allclose(result.posterior, posterior, atol=1e-6)
+    for got, (cls, box, score) in zip(result.predictions, answers, strict=True):
+        assert got.index == cls and got.box_score == pytest.approx(score, abs=TOL)
+        np.testing.assert_allclose(got.box, box, atol=TOL * 100)
+    assert result.boxes_per_class == sum(boxes_per_class(image.size, qs, True) for _, qs in plan)
+
+
+def test_the_union_of_two_nets_is_counted_and_limited(loc_registry: Registry, png: bytes) -> None:
+    settings = settings_for(loc_registry.settings.model_store, max_localize_boxes=35)
+    with TestClient(create_app(settings, registry=loc_registry)) as client:
+        one = localize(client, png, model="loc-pcr", scales="256", classify_with="tiny-d")
+        both = localize(client, png, model="loc-pcr,loc-scr", scales="256", classify_with="tiny-d")
+        assert both["boxes_per_class"] == 2 * one["boxes_per_class"] == 24
+        response = post(
+            client, png, model="loc-pcr,loc-scr", scales="256,288", classify_with="tiny-d"
+        )
+        assert response.status_code == 422
+        assert "72 boxes per class to merge of 2 localization nets" in error(response)["message"]
+        before = client.get("/metrics").text
+        localize(client, png, model="loc-pcr,loc-scr", scales="256", classify_with="tiny-d")
+        after = client.get("/metrics").text
+    for model in ("loc-pcr", "loc-scr", "tiny-d"):
+        line = f'verydeep_views_total{{model="{model}"}}'
+        assert metric(after, line) - metric(before, line) == 2, model
+
+
+def metric(text: str, prefix: str) -> float:
+    lines = [x for x in text.splitlines() if x.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def test_cell_boxes_decode_mirror_scale_and_clip_a_hand_made_map(
@@ -279,6 +356,16 @@ def test_models_lists_task_and_localization(loc_client: TestClient) -> None:
         ("/localize", {"model": "nope"}, 404, "unknown_model", "unknown model 'nope'"),
         ("/localize", {"model": "tiny-d"}, 422, "unsupported_model", "is a classification model"),
         ("/localize", {"model": "tiny-de"}, 422, "invalid_parameter", "is an ensemble"),
+        (
+            "/localize",
+            {"model": "loc-pcr,loc-scr"},
+            422,
+            "invalid_parameter",
+            "name different classifiers ('loc-pcr': 'tiny-d', 'loc-scr': 'tiny-de')",
+        ),
+        ("/localize", {"model": "loc-pcr,tiny-d"}, 422, "unsupported_model", "'tiny-d' is a cl"),
+        ("/localize", {"model": "loc-pcr,loc-other"}, 422, "invalid_parameter", "different lab"),
+        ("/localize", {"model": "loc-pcr,loc-pcr"}, 422, "invalid_parameter", "listed twice"),
         ("/localize", {}, 422, "invalid_parameter", "loc-gone, loc-none, loc-other, loc-pcr"),
         ("/localize", {"model": "loc-other"}, 422, "invalid_parameter", "other labels"),
         ("/localize", {"model": "loc-none"}, 422, "invalid_parameter", "pass classify_with"),

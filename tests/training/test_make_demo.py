@@ -56,7 +56,10 @@ def test_make_demo_regenerates_a_store_from_scratch(tmp_path: Path) -> None:
     assert sorted(variants) == ["demo-d", "demo-e", "demo-loc-pcr-all", "demo-loc-scr-fc"]
     assert variants["demo-loc-scr-fc"].manifest.localization.regression == "single"
     loc_errors = json.loads((tmp_path / "work" / "loc_test_errors.json").read_text())
-    assert sorted(loc_errors) == ["pcr-all", "scr-fc"]
+    assert sorted(loc_errors) == ["pcr-all", "pcr-all+scr-fc", "scr-fc"]
+    union = loc_errors["pcr-all+scr-fc"]  # the two nets' box sets merged, as /localize?model=a,b
+    assert union["model"] == "demo-loc-pcr-all,demo-loc-scr-fc"
+    assert [n["model"] for n in union["localizers"]] == ["demo-loc-pcr-all", "demo-loc-scr-fc"]
     assert all(r["images"] == len(CLASSES) for r in loc_errors.values())
     for row in loc_errors.values():  # by `verydeep evaluate --task localization`
         assert row["task"] == "localization" and row["classified_by"] == "demo-de"
