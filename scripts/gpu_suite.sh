@@ -68,9 +68,9 @@ install_wheels() {
 }
 
 if [[ ${DRY:-0} == 1 ]]; then
-  device=cpu model=tiny-d probe_model=(--model tiny)
+  device=cpu model=tiny-d pair=tiny-d probe_model=(--model tiny)
 else
-  device=cuda model=vgg16 probe_model=()
+  device=cuda model=vgg16 pair=vgg16,vgg19 probe_model=()
   if [[ ${INSTALL:-1} == 1 ]]; then
     t0=$(date +%s)
     install_wheels >"$work/logs/install.log" 2>&1
@@ -131,4 +131,8 @@ step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${bench
 step stream-window2-fp32 100 env VERYDEEP_BATCH_WINDOW_MS=2 "${shared[@]}" "${wide[@]}" \
   "${bench[@]}" --out "$results/shared16-c16-window2" --only stream --stream-levels 8,16 \
   --stream-requests 6 --stream-scales default
+# 7. VGG-19 beside VGG-16, and their ensemble: each request runs both (model=vgg16,vgg19).
+step stream-ensemble-fp32 150 "${shared[@]}" "${wide[@]}" "$python" -m bench.run --quick \
+  --device $device --models "$pair" --out "$results/shared16-c16-ensemble" \
+  --only stream --stream-levels 1,8 --stream-requests 6 --stream-scales default --stream-ensemble
 echo "done in $(($(date +%s) - started)) s"
