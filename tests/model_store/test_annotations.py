@@ -56,6 +56,31 @@ def test_voc_boxes_are_made_exclusive_and_other_classes_left_out(tmp_path: Path)
     assert got[files[1]].label == "n01751748" and len(got[files[1]].boxes) == 2
 
 
+# ILSVRC 2012's box file of its first validation image as published (tabs, <source>, <pose>,
+# <truncated>, <difficult>), the one real file of the format the tests hold: class n01751748
+# (sea snake), 500 x 375, one box of 1-based inclusive pixels.
+ILSVRC2012_VAL_00000001 = (
+    "<annotation>\n\t<folder>val</folder>\n\t<filename>ILSVRC2012_val_00000001</filename>\n"
+    "\t<source>\n\t\t<database>ILSVRC_2012</database>\n\t</source>\n\t<size>\n"
+    "\t\t<width>500</width>\n\t\t<height>375</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+    "\t<segmented>0</segmented>\n\t<object>\n\t\t<name>n01751748</name>\n"
+    "\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+    "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>111</xmin>\n"
+    "\t\t\t<ymin>108</ymin>\n\t\t\t<xmax>441</xmax>\n\t\t\t<ymax>193</ymax>\n"
+    "\t\t</bndbox>\n\t</object>\n</annotation>\n"
+)
+
+
+def test_ilsvrcs_published_box_file_is_read(tmp_path: Path) -> None:
+    boxes_dir = tmp_path / "val-boxes"
+    boxes_dir.mkdir()
+    (boxes_dir / "ILSVRC2012_val_00000001.xml").write_text(ILSVRC2012_VAL_00000001)
+    file = "n01751748/ILSVRC2012_val_00000001.JPEG"
+    (got,) = folder_annotations(tmp_path / "val", [file], boxes_dir).values()
+    # pixels 111..441 inclusive, 1-based: x0 = 110 and x1 = 441 exclusive, 0-based
+    assert got.label == "n01751748" and got.boxes == ((110.0, 107.0, 441.0, 193.0),)
+
+
 def test_missing_and_bad_box_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="has no annotations.json; .* --boxes DIR"):
         folder_annotations(tmp_path, ["a/x.jpg"])
