@@ -424,10 +424,7 @@ def test_more_boxes_than_the_limit_is_a_422_before_any_network(
 
 
 def test_localizations_are_counted(loc_client: TestClient, png: bytes) -> None:
-    def value(text: str, prefix: str) -> float:
-        lines = [x for x in text.splitlines() if x.startswith(prefix)]
-        return float(lines[0].split()[-1]) if lines else 0.0
-
+    value = metric
     before = loc_client.get("/metrics").text
     localize(loc_client, png, model="loc-pcr", scales="256,288")
     assert post(loc_client, png, model="nope").status_code == 404
