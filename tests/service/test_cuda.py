@@ -183,3 +183,42 @@ def test_cuda_sessions_sharing_weights_hold_one_copy_on_the_gpu() -> None:
     assert own_mib - shared_mib > 2.5 * weight_mib, (own_mib, shared_mib, weight_mib)
     x = np.ones((side, side), dtype=np.float32)
     np.testing.assert_array_equal(shared[0].run(None, {"x": x})[0], own[0].run(None, {"x": x})[0])
+
+
+def test_the_preprocessing_graph_on_cuda_follows_pillow() -> None:
+    """``VERYDEEP_PREPROCESS=graph`` on CUDA (docs/gpu.md, "Preprocessing on the GPU"): the
+    graph on the CUDA provider gives Pillow's network input within the CPU provider's tolerance
+    (2 levels; more than half a level off on at most 2% of values), and the demo ensemble's
+    /classify answers as with Pillow. A failure here is the measurement that CUDA's Resize
+    rounds otherwise."""
+    import io
+
+    from bench.images import photo
+    from model_store.imaging import rescale, to_input
+    from service.core.preprocess_graph import PreprocessGraph
+    from service.core.sessions import session_setup
+    from tests.service.helpers import ROOT
+    from tests.service.test_preprocess_graph import MAX_FRACTION_OFF, MAX_LEVELS, levels_off
+
+    options, providers = session_setup("cuda")
+    graph = PreprocessGraph(providers, options)
+    store = ModelStore(ROOT / "model_store")
+    p = store.read("demo-d").manifest.preprocessing
+    for i, size in enumerate([(640, 480), (1281, 719), (2520, 1080)]):
+        image = photo(*size, seed=i)
+        for q in (224, 256, 384):
+            off = levels_off(graph.rescaled_input(image, q, p), to_input(rescale(image, q), p), p)
+            assert off.max() <= MAX_LEVELS["uint8"], (size, q, off.max())
+            assert (off > 0.5).mean() <= MAX_FRACTION_OFF["uint8"], (size, q)
+    buffer = io.BytesIO()
+    photo(1281, 719, seed=1).save(buffer, "JPEG", quality=90)
+    answers = {}
+    for preprocess in ("pillow", "graph"):
+        settings = settings_for(ROOT / "model_store", device="cuda", preprocess=preprocess)
+        with TestClient(create_app(settings)) as client:
+            r = classify(client, "demo-de", buffer.getvalue())
+            assert r.status_code == 200, r.text
+            answers[preprocess] = r.json()["predictions"]
+    assert [a["index"] for a in answers["graph"]] == [a["index"] for a in answers["pillow"]]
+    for a, b in zip(answers["graph"], answers["pillow"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-2)
