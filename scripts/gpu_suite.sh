@@ -12,7 +12,7 @@
 # bench/results-gpu/ (the JSON and Markdown of every run), $OUT/logs.tgz every step's output.
 # INSTALL=0 installs nothing (a GPU host with the project installed: make bench-gpu, PYTHON set).
 # DRY=1 runs the same steps on this machine's CPU with a narrow D instead of VGG-16 and without
-# installing anything, to check the script itself (2.5 minutes on 2 cores).
+# installing anything, to check the script itself (2.5 to 4.5 minutes on 2 cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-540}
