@@ -1,7 +1,8 @@
 """The web page's Localize (docs/serving.md, "Localizing") in a real browser: headless Chromium
-against a real ``verydeep serve`` of the demo models and a random-weight localization entry. The
-localization model is offered for Localize only (never as a classifier); its boxes are listed as
-``/localize`` answers them and drawn over the image, each at its place."""
+against a real ``verydeep serve`` of the demo models and two random-weight localization entries.
+The localization models are offered for Localize only (never as classifiers), each alone and both
+together; the boxes are listed as ``/localize`` answers them and drawn over the image, each at its
+place."""
 
 from __future__ import annotations
 
@@ -44,17 +45,18 @@ def loc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         shutil.copytree(DEMO_STORE / name, root / name)
     store = ModelStore(root)
     demo = store.read("demo-d").manifest
-    loc = Localization(regression="per-class", classifier="demo-d")
-    export_to_store(
-        box_vgg(5, loc.box_channels(demo.num_classes)),
-        store,
-        "demo-loc",
-        labels=demo.labels,
-        preprocessing=demo.preprocessing,
-        train_scale=TrainScale(min=256, max=256),
-        source="test",
-        localization=loc,
-    )
+    for name, regression, seed in (("demo-loc", "per-class", 5), ("demo-loc-scr", "single", 6)):
+        loc = Localization(regression=regression, classifier="demo-d")  # type: ignore[arg-type]
+        export_to_store(
+            box_vgg(seed, loc.box_channels(demo.num_classes)),
+            store,
+            name,
+            labels=demo.labels,
+            preprocessing=demo.preprocessing,
+            train_scale=TrainScale(min=256, max=256),
+            source="test",
+            localization=loc,
+        )
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with server_for(root, log, DEFAULT_MODEL="demo-d") as s:
         yield s
@@ -118,3 +120,31 @@ def test_localize_lists_and_draws_the_boxes_of_the_answer(
     page.set_input_files("#file", str(other))
     expect(page.locator("#loc-answer")).to_be_hidden()
     assert page.evaluate(PAINTED) == 0
+
+
+def test_two_localization_models_are_offered_together(
+    page: Page, loc_server: Server, star: Path
+) -> None:
+    """Both entries name demo-d: the page offers them merged, ``model=demo-loc,demo-loc-scr``,
+    and lists the union's boxes as ``/localize`` answers them."""
+    page.goto(f"{loc_server.url}/")
+    values = page.locator("#loc-model option").evaluate_all("options => options.map(o => o.value)")
+    assert values == ["demo-loc", "demo-loc-scr", "demo-loc,demo-loc-scr"]
+    page.select_option("#loc-model", "demo-loc,demo-loc-scr")
+    page.set_input_files("#file", str(star))
+    expect(page.locator("#localize")).to_be_enabled()
+    page.click("#localize")
+    expect(page.locator("#box-list li")).to_have_count(5)
+    answer = httpx.post(
+        f"{loc_server.url}/localize",
+        params={"model": "demo-loc,demo-loc-scr"},
+        files={"image": ("star.jpg", star.read_bytes(), "image/jpeg")},
+        timeout=60,
+    ).json()
+    assert [n["model"] for n in answer["localizers"]] == ["demo-loc", "demo-loc-scr"]
+    labels = [p["label"] for p in answer["predictions"]]
+    assert page.locator("#box-list .name").all_inner_texts() == labels
+    expect(page.locator("#loc-summary")).to_contain_text(
+        "demo-loc (Q 224, 256, 288) + demo-loc-scr (Q 224, 256, 288)"
+    )
+    expect(page.locator("#loc-summary")).to_contain_text(f"{answer['boxes_per_class']} per class")

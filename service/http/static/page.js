@@ -167,13 +167,20 @@ function isLocalizer(model) {
   return model.task === "localization";
 }
 
-/* The localization models, when there are any: the Localize button appears. */
+/* The localization models, when there are any: the Localize button appears. Several that name
+ * the same classifier are also offered together, their box sets merged (`model=a,b`, as the
+ * paper combined its localisation nets). */
 function fillLocalizers(localizers) {
   const select = $("loc-model");
   select.replaceChildren();
   for (const m of localizers) {
     const by = m.localization.classifier ? `, ranked by ${m.localization.classifier}` : "";
     select.append(new Option(`${m.name} (${m.localization.regression}${by})`, m.name));
+  }
+  const classifiers = new Set(localizers.map((m) => m.localization.classifier));
+  if (localizers.length > 1 && classifiers.size === 1 && !classifiers.has(null)) {
+    const names = localizers.map((m) => m.name);
+    select.append(new Option(`${names.join(" + ")} (boxes merged)`, names.join(",")));
   }
   $("localize-controls").hidden = localizers.length === 0;
 }
@@ -380,7 +387,10 @@ function showBoxes(answer) {
   });
   const t = answer.timing_ms;
   const rows = [
-    ["Boxes by", answer.model],
+    [
+      "Boxes by",
+      answer.localizers.map((l) => `${l.model} (Q ${l.scales.join(", ")})`).join(" + "),
+    ],
     ["Ranked by", answer.classified_by],
     ["Scales", `${answer.scales.join(", ")}, ${answer.flip ? "with" : "without"} flip`],
     ["Boxes merged", `${answer.boxes_per_class} per class`],
