@@ -14,7 +14,6 @@ import os
 import threading
 from collections import OrderedDict
 
-import numpy as np
 import onnxruntime as ort
 
 from model_store import StoreEntry
@@ -101,7 +100,9 @@ class SharedWeights:
         try:
             while graph.initializer:  # one host copy at a time: pop each as it is placed
                 tensor = graph.initializer.pop()
-                array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+                array = numpy_helper.to_array(tensor)  # its own shape, scalars 0-d
+                if not array.flags.c_contiguous:
+                    array = array.copy(order="C")
                 self.values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
                 self.nbytes += array.nbytes
         except Exception as err:

@@ -88,6 +88,28 @@ def test_shared_weights_of_a_vgg_answer_as_its_own(service_store: ModelStore) ->
         np.testing.assert_allclose(session.run(["scores"], {"image": x})[0], expected, atol=1e-6)
 
 
+def test_scalar_initializers_keep_their_shape(tmp_path: Path) -> None:
+    """A 0-d initializer (an int8 graph's scales and zero points) stays 0-d, and a 1-d one 1-d:
+    ``np.ascontiguousarray`` would make the first ``(1,)``, another shape than the graph's."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+         helper.make_node("Mul", ["flat", "gain"], ["y"])],
+        "scalars",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6])],
+        initializer=[numpy_helper.from_array(np.array([6], np.int64), "shape"),
+                     numpy_helper.from_array(np.array(2.0, np.float32), "gain")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    weights = SharedWeights(data, "cpu")
+    assert weights.values["gain"].shape() == [] and weights.values["shape"].shape() == [1]
+    (session,) = open_sessions(data, 1, weights)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], 2 * x.reshape(6))
+
+
 def test_shared_weights_without_onnx_name_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     with pytest.raises(EngineError, match=r"needs the onnx package.*verydeep\[cuda\]"):
