@@ -187,16 +187,26 @@ def build_torch(spec: ModelSpec):  # -> training.vgg.VGG
     return model
 
 
-def _versions_key() -> str:
-    parts = [f"cache{CACHE_VERSION}"]
-    for pkg in ("verydeep", "torch", "onnx"):
+def _code_parts(packages: tuple[str, ...], source: str) -> list[str]:
+    """What a cached artefact depends on: the versions of ``packages`` and the hash of the
+    repository file ``source`` that makes it."""
+    parts = []
+    for pkg in packages:
         try:
             parts.append(f"{pkg}{metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
             parts.append(f"{pkg}-none")
-    export_py = Path(__file__).resolve().parent.parent / "training" / "export.py"
-    if export_py.exists():
-        parts.append(hashlib.sha256(export_py.read_bytes()).hexdigest()[:12])
+    path = Path(__file__).resolve().parent.parent / source
+    if path.exists():
+        parts.append(hashlib.sha256(path.read_bytes()).hexdigest()[:12])
+    return parts
+
+
+def _versions_key() -> str:
+    parts = [
+        f"cache{CACHE_VERSION}",
+        *_code_parts(("verydeep", "torch", "onnx"), "training/export.py"),
+    ]
     return "-".join(parts)
 
 
@@ -270,14 +280,7 @@ INT8_CALIBRATION_SEED = 5000  # photos of their own: the suite measures accuracy
 
 def _int8_key(float_entry) -> str:  # float_entry: model_store.StoreEntry
     parts = [f"int8cache{INT8_CACHE_VERSION}", float_entry.manifest.onnx.sha256]
-    for pkg in ("onnxruntime-gpu", "onnxruntime", "onnx"):
-        try:
-            parts.append(f"{pkg}{metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{pkg}-none")
-    quantize_py = Path(__file__).resolve().parent.parent / "training" / "quantize.py"
-    if quantize_py.exists():
-        parts.append(hashlib.sha256(quantize_py.read_bytes()).hexdigest()[:12])
+    parts += _code_parts(("onnxruntime-gpu", "onnxruntime", "onnx"), "training/quantize.py")
     scales = float_entry.manifest.test_scales
     parts.append(json.dumps([INT8_CALIBRATION_PHOTOS, INT8_CALIBRATION_SIZES, scales]))
     parts.append(str(INT8_CALIBRATION_SEED))

@@ -152,34 +152,22 @@ def timing_figures(
         )
     ]
     for dtype in ("float32", "int8"):
-        ov = f"ov_{dtype}"
-        if ov in med:
-            figures.append(
-                Figure(
-                    benchmark=NAME,
-                    label=f"onnxruntime {dtype}, {label}",
-                    value=med[f"ort_{dtype}"] * 1e3,
-                    unit="ms",
-                    peer_label=f"OpenVINO {dtype} (CPU plugin), same file",
-                    peer=med[ov] * 1e3,
-                    ratio=ratio(med[f"ort_{dtype}"], med[ov]),
-                    ratio_label="onnxruntime/OpenVINO",
-                )
+        ours, peer = med[f"ort_{dtype}"], med.get(f"ov_{dtype}")
+        figures.append(
+            Figure(
+                benchmark=NAME,
+                label=f"onnxruntime {dtype}, {label}",
+                value=ours * 1e3,
+                unit="ms",
+                peer_label=f"OpenVINO {dtype} (CPU plugin), same file"
+                if peer is not None
+                else f"OpenVINO {dtype}: skipped",
+                peer=peer * 1e3 if peer is not None else float("nan"),
+                ratio=ratio(ours, peer) if peer is not None else float("nan"),
+                ratio_label="onnxruntime/OpenVINO",
+                note="" if peer is not None else f"skipped: {skipped.get(dtype, 'not measured')}",
             )
-        else:
-            figures.append(
-                Figure(
-                    benchmark=NAME,
-                    label=f"onnxruntime {dtype}, {label}",
-                    value=med[f"ort_{dtype}"] * 1e3,
-                    unit="ms",
-                    peer_label=f"OpenVINO {dtype}: skipped",
-                    peer=float("nan"),
-                    ratio=float("nan"),
-                    ratio_label="onnxruntime/OpenVINO",
-                    note=f"skipped: {skipped.get(dtype, 'not measured')}",
-                )
-            )
+        )
     return figures, {name: summary(t) for name, t in times.items()}
 
 

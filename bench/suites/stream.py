@@ -77,6 +77,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     store = ctx.store()
     bare = {name: bare_pixels_per_s(ctx, store.read(name, verify=False)) for name in names}
     figures, levels, eager = [], [], {}
+    nets = eager_nets(ctx)
     for choice in ctx.mode.stream_scales:
         scales = list(entry.manifest.test_scales) if choice == "default" else [int(choice)]
         params = {"model": ",".join(names), "flip": "true", "method": "dense"}
@@ -91,7 +92,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
             figures.append(stream_figure(choice, clients, mixed, alone, names))
             if clients == max(ctx.mode.stream_levels):
                 figures.append(bare_figure(choice, clients, mixed, bare, names))
-        eager[choice] = eager_images_per_s(ctx, paths, scales)
+        eager[choice] = eager_images_per_s(ctx, nets, paths, scales)
         figures.append(eager_figure(choice, levels[-1]["mixed"], eager[choice], names))
     details = {
         "sizes": [list(s) for s in images.STREAM_SIZES],
@@ -196,22 +197,30 @@ def ensemble_label(names: list[str]) -> str:
     return f", ensemble {'+'.join(names)}" if len(names) > 1 else ""
 
 
-def eager_images_per_s(ctx: Context, paths: list[Path], scales: list[int]) -> dict:
-    """The peer a user would write: every stream photo once, its dense flip pair at each scale
-    through the same nets in torch eager (cuDNN on CUDA, its defaults), in the export's dtype,
-    numpy in and out, one after the other; images/s of those network calls alone (the inputs
-    are the service's own, made beforehand)."""
+def eager_nets(ctx: Context) -> list:
+    """The stream's models in torch, fully convolutional, on the run's device and dtype (built
+    once per run: a full-size VGG takes seconds to build)."""
     import torch
 
-    from bench.common import preprocessed
     from bench.models import build_torch
     from training.fully_conv import to_fully_convolutional
 
     device, dtype = torch.device(ctx.device), getattr(torch, ctx.dtype)
-    store = ctx.store()
     specs = [s for s in ctx.served if s.name in members(ctx)]
-    nets = [to_fully_convolutional(build_torch(s)).eval().to(device, dtype) for s in specs]
-    entry = store.read(specs[0].name, verify=False)
+    return [to_fully_convolutional(build_torch(s)).eval().to(device, dtype) for s in specs]
+
+
+def eager_images_per_s(ctx: Context, nets: list, paths: list[Path], scales: list[int]) -> dict:
+    """The peer a user would write: every stream photo once, its dense flip pair at each scale
+    through the same nets (``eager_nets``) in torch eager (cuDNN on CUDA, its defaults), in the
+    export's dtype, numpy in and out, one after the other; images/s of those network calls
+    alone (the inputs are the service's own, made beforehand)."""
+    import torch
+
+    from bench.common import preprocessed
+
+    device, dtype = torch.device(ctx.device), getattr(torch, ctx.dtype)
+    entry = ctx.store().read(members(ctx)[0], verify=False)
     pairs = []
     for path in paths:
         data = path.read_bytes()

@@ -200,15 +200,8 @@ def plan(
     settings: Settings | None = None,
 ) -> Plan:
     settings = settings or Settings()
-    try:
-        ensembles = store.ensembles()
-    except StoreError:
-        ensembles = {}
-    try:
-        # ``--model`` is read as ``/classify`` reads ``model`` (``service.core.resolve``).
-        parsed = parse_spec(spec, ensembles)
-    except ServiceError as err:
-        raise EvaluationError(f"--{err.message}") from None
+    ensembles = store_ensembles(store)
+    parsed = parse_option(spec, ensembles)
     engines = {name: _open(store, name, settings, ensembles) for name in parsed.members}
     for name, engine in engines.items():
         if engine.manifest.task == "localization":
@@ -228,6 +221,24 @@ def plan(
         else:
             chosen[name] = list(scales)
     return Plan(engines, chosen, list(methods), flip, report_groups(parsed))
+
+
+def store_ensembles(store: ModelStore) -> dict[str, list[str]]:
+    """The store's named ensembles; none when ``ensembles.json`` is unreadable (the models
+    themselves still evaluate)."""
+    try:
+        return store.ensembles()
+    except StoreError:
+        return {}
+
+
+def parse_option(spec: str, ensembles: dict[str, list[str]], option: str = "model") -> ModelSpec:
+    """``spec`` read as ``/classify`` reads ``model`` (``service.core.resolve``); a malformed one
+    is an EvaluationError naming ``--option``."""
+    try:
+        return parse_spec(spec, ensembles)
+    except ServiceError as err:
+        raise EvaluationError(f"--{option}: {err.message.removeprefix('model: ')}") from None
 
 
 def _open(

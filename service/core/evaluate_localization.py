@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model_store import ModelStore, StoreError
+from model_store import ModelStore
 from model_store import boxes as box_ops
 from model_store.annotations import AnnotationError, folder_annotations
 from model_store.imaging import ImageError, decode
@@ -46,13 +46,15 @@ from service.core.evaluate import (
     ScaleChoice,
     _open,
     class_balanced,
+    parse_option,
     scan_folder,
+    store_ensembles,
     text_table,
 )
 from service.core.localize import Localized, cell_boxes
 from service.core.localize_request import LocalizeRequest, localize_bytes
 from service.core.protocol import CROP, ScaledImages
-from service.core.resolve import ModelSpec, check_labels, parse_spec
+from service.core.resolve import ModelSpec, check_labels
 from service.settings import Settings
 
 HIT_IOU = 0.5
@@ -171,14 +173,8 @@ def _plan(
     scales: ScaleChoice,
     settings: Settings,
 ) -> _Plan:
-    try:
-        ensembles = store.ensembles()
-    except StoreError:
-        ensembles = {}
-    try:
-        named = parse_spec(model, ensembles)
-    except ServiceError as err:
-        raise EvaluationError(f"--model: {err.message.removeprefix('model: ')}") from None
+    ensembles = store_ensembles(store)
+    named = parse_option(model, ensembles)
     if named.kind == "ensemble":
         raise EvaluationError(
             f"--model: {model!r} is an ensemble of classification models; --task localization "
@@ -224,10 +220,7 @@ def _classifier(
         raise EvaluationError(
             f"{name!r} names no classifier in its manifest; pass --classify-with NAME"
         )
-    try:
-        parsed = parse_spec(spec, ensembles)
-    except ServiceError as err:
-        raise EvaluationError(f"--classify-with: {err.message.removeprefix('model: ')}") from None
+    parsed = parse_option(spec, ensembles, "classify-with")
     if classify_with is None and not set(parsed.members) <= set(store.names()):
         raise EvaluationError(
             f"the classifier of {name!r}, {spec!r}, is not in {store.root}; pass "

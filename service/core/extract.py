@@ -17,14 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from model_store import ModelStore, StoreError
+from model_store import ModelStore
 from model_store.imaging import ImageError, decode
 from model_store.progress import progress_bar
 from service.core.engine import Engine, open_engine
 from service.core.errors import ServiceError
-from service.core.evaluate import IMAGE_EXTENSIONS, EvaluationError
+from service.core.evaluate import (
+    IMAGE_EXTENSIONS,
+    EvaluationError,
+    parse_option,
+    store_ensembles,
+)
 from service.core.features import Descriptor, Pool, describe
-from service.core.resolve import parse_spec
 from service.settings import Settings
 
 PREFETCH = 2
@@ -60,14 +64,7 @@ def _image(path: Path) -> bool:
 
 def open_models(store: ModelStore, spec: str, settings: Settings) -> list[Engine]:
     """The models ``spec`` names, opened as the service opens them, each with the output."""
-    try:
-        ensembles = store.ensembles()
-    except StoreError:
-        ensembles = {}
-    try:
-        members = parse_spec(spec, ensembles).members
-    except ServiceError as err:
-        raise EvaluationError(f"--{err.message}") from None
+    members = parse_option(spec, store_ensembles(store)).members
     engines = []
     for name in members:
         if name not in store.names():
