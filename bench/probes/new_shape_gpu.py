@@ -10,7 +10,10 @@ service opens them (``service.core.sessions.session_setup``), kept four ways:
 - ``per_shape_shared``: a session per shape, all of them given the same weights, one copy on
   the device, as the service does with ``VERYDEEP_CUDA_SHARED_WEIGHTS``
   (``service.core.sessions.SharedWeights``: ``SessionOptions.add_initializer`` with
-  ``OrtValue``s made on the device, which onnxruntime uses in place of the file's).
+  ``OrtValue``s made on the device, which onnxruntime uses in place of the file's), each
+  session opening the weightless ``skeleton`` of the graph;
+- ``per_shape_shared_whole``: the same, each session parsing the whole file (the open time
+  that the skeleton saves).
 
 For each: seconds to open the sessions, device memory they took (``nvidia-smi`` on CUDA, the
 process's resident memory on the CPU), the median ms of a call in the first round (every shape
@@ -71,7 +74,7 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, args) -> tuple:
         )
 
     keep: list = []
-    if kind == "per_shape_shared":
+    if kind.startswith("per_shape_shared"):
         options, providers = setup()
         if args.device == "cpu":
             # Measured on the CPU (2026-12-01, VGG-16): with every optimisation, the NCHWc
@@ -79,10 +82,13 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, args) -> tuple:
             # (EXTENDED) the sessions share the weights but a call runs 1.6x slower.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         # The service's own sharing (VERYDEEP_CUDA_SHARED_WEIGHTS): every initializer one
-        # OrtValue on the device, given to each session by add_initializer.
+        # OrtValue on the device, given to each session by add_initializer; each session opens
+        # the weightless skeleton, or (``_whole``) parses the whole file as before 2026-12-01.
         weights = sessions.SharedWeights(model_bytes, args.device)
         weights.add_to(options)
-        made = [ort.InferenceSession(model_bytes, options, providers=providers) for _ in range(n)]
+        graph = model_bytes if kind.endswith("_whole") else weights.skeleton
+        made = [ort.InferenceSession(graph, options, providers=providers) for _ in range(n)]
+        weights.release_file()
         keep.append(weights)
     else:
         count = {"one_session": 1, "pool4": 4, "per_shape_copies": n}[kind]
@@ -169,7 +175,9 @@ def main() -> int:
         "same_shape_ms": same_shape(model_bytes, shapes[0], args), "variants": {},
     }  # fmt: skip
     reference = None
-    for kind in ("one_session", "pool4", "per_shape_copies", "per_shape_shared"):
+    variants = ("one_session", "pool4", "per_shape_copies", "per_shape_shared",
+                "per_shape_shared_whole")  # fmt: skip
+    for kind in variants:
         try:
             figures = run_variant(kind, model_bytes, shapes, args)
         except Exception as err:  # a variant the runtime refuses keeps its error

@@ -107,7 +107,8 @@ class Engine:
         self._dtype = np.dtype("float32" if onnx.dtype == "int8" else onnx.dtype)
         self.max_batch = options.max_batch
         model_bytes, self.file_identity = _read_verified(entry)
-        setup = sessions.session_setup(
+        setup = functools.partial(
+            sessions.session_setup,
             options.device,
             cuda_mem_limit=options.cuda_mem_limit,
             intra_op_threads=options.intra_op_threads,
@@ -115,22 +116,28 @@ class Engine:
             prefer_nhwc=sessions.prefers_nhwc(options.cuda_layout, onnx.dtype),
             cpu_mem_arena=options.cpu_mem_arena,
         )
-        self._weights = _shared_weights(model_bytes, options, setup[1])
+        session_options, providers = setup()
+        self._weights = _shared_weights(model_bytes, options, providers)
+        graph = model_bytes
         if self._weights is not None:
-            self._weights.add_to(setup[0])
+            self._weights.add_to(session_options)
+            graph = self._weights.skeleton
         open_session = functools.partial(
-            sessions.open_session, entry, model_bytes, options.device, *setup
+            sessions.open_session, entry, graph, options.device, session_options, providers
         )
         first = open_session()
         self.provider = first.get_providers()[0]
         extra = options.cuda_sessions - 1 if self.provider == CUDA else 0
         self._sessions = SessionPool([first, *(open_session() for _ in range(extra))])
-        del model_bytes
+        if self._weights is not None:
+            self._weights.release_file()  # session_options open no session after this
+        del model_bytes, graph
         # Rescaling and normalising on the model's device (protocol.ScaledImages.get), where
         # asked: within a pixel level of Pillow's (docs/gpu.md, "Preprocessing on the GPU").
-        self.preprocess = (
-            PreprocessGraph(setup[1], setup[0]) if options.preprocess == "graph" else None
-        )
+        self.preprocess = None
+        if options.preprocess == "graph":  # options of its own: see SharedWeights.add_to
+            graph_options, graph_providers = setup()
+            self.preprocess = PreprocessGraph(graph_providers, graph_options)
         self._pad_chunks = self.provider == CUDA
         parallel = options.cpu_parallel_runs
         self._run_slots = cpu_run_slots(parallel) if self.provider == CPU else None

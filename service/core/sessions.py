@@ -13,11 +13,15 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from model_store import StoreEntry
 from model_store.cpu import int8_note
+
+if TYPE_CHECKING:
+    from onnx import TensorProto  # the serving path imports onnx only to share weights
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class SessionPool:
 
 class SharedWeights:
     """One copy of a model's weights on its device, which every session of the model uses in
-    place.
+    place, and the weightless graph (``skeleton``) that those sessions open.
 
     Each onnxruntime session deserialises the ONNX file's initializers into memory of its own
     (553 MB a session for VGG-16 in float32), which is what limits ``SessionPool`` to a few
@@ -76,14 +80,24 @@ class SharedWeights:
     plans it on, so a session costs its activations only and the pool can keep a session for
     every shape in flight (docs/gpu.md, "Sessions sharing one copy of the weights").
 
-    A graph optimisation that rewrites weights still writes its result into each session: the
-    CPU provider's NCHWc layout (565 MiB a session for VGG-16) and, presumably, CUDA's
-    channels-last layout of float16 models. The values must outlive every session that uses
-    them, so the engine keeps this object as long as its sessions.
+    Parsing the whole file still cost each session most of its start-up (4.1 s of a VGG-16
+    session's on the CPU), so the sessions open ``skeleton`` instead: the same graph with every
+    large initializer's bytes replaced by an external-data reference to where those bytes lie in
+    the file, and the file handed over from memory
+    (``add_external_initializers_from_files_in_memory``). A graph optimisation that rewrites
+    weights (the CPU provider's NCHWc layout; presumably CUDA's channels-last layout of float16
+    models) reads them from there, which is exactly the bytes whose sha256 was checked, and
+    writes its result into each session. onnxruntime keeps a pointer to that memory, not a
+    copy: ``add_to``'s options may open sessions only until ``release_file``, after which no
+    session may be opened with them.
 
-    Reading the initializers needs the ``onnx`` package (the ``cuda`` extra), imported here
-    only: serving without shared weights does not need it.
+    The values must outlive every session that uses them, so the engine keeps this object as
+    long as its sessions. Reading the initializers needs the ``onnx`` package (the ``cuda``
+    extra), imported here only: serving without shared weights does not need it.
     """
+
+    FILE_NAME = "model.onnx"  # the in-memory file the skeleton's weights refer to
+    INLINE_BYTES = 1024  # smaller initializers stay in the skeleton: nothing to gain
 
     def __init__(self, model_bytes: bytes, device: str) -> None:
         try:
@@ -94,24 +108,58 @@ class SharedWeights:
                 "VERYDEEP_CUDA_SHARED_WEIGHTS needs the onnx package to read the weights: "
                 "pip install 'verydeep[cuda]' (or onnx), or leave the setting off"
             ) from None
-        graph = onnx.load_from_string(model_bytes).graph
+        model = onnx.load_from_string(model_bytes)
         self.values: dict[str, ort.OrtValue] = {}
         self.nbytes = 0
+        start = 0
         try:
-            while graph.initializer:  # one host copy at a time: pop each as it is placed
-                tensor = graph.initializer.pop()
+            for tensor in model.graph.initializer:
                 array = numpy_helper.to_array(tensor)  # its own shape, scalars 0-d
                 if not array.flags.c_contiguous:
                     array = array.copy(order="C")
                 self.values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
                 self.nbytes += array.nbytes
+                del array  # one host copy at a time
+                if len(tensor.raw_data) >= self.INLINE_BYTES:
+                    start = _refer_to_file(tensor, model_bytes, start, self.FILE_NAME)
         except Exception as err:
             raise EngineError(f"cannot place the weights on {device}: {err}") from None
+        self.skeleton = model.SerializeToString()
+        self._file: bytes | None = model_bytes
 
     def add_to(self, options: ort.SessionOptions) -> None:
-        """Give every session opened with ``options`` these values for its initializers."""
+        """Give every session opened with ``options`` these values for its initializers, and
+        the file that ``skeleton`` refers to (until ``release_file``)."""
+        if self._file is None:
+            raise RuntimeError("the file was released: open the sessions before release_file")
         for name, value in self.values.items():
             options.add_initializer(name, value)
+        options.add_external_initializers_from_files_in_memory(
+            [self.FILE_NAME], [self._file], [len(self._file)]
+        )
+
+    def release_file(self) -> None:
+        """Let go of the model file once every session is open (onnxruntime copied what it
+        needed of it while opening each)."""
+        self._file = None
+
+
+def _refer_to_file(tensor: TensorProto, model_bytes: bytes, start: int, name: str) -> int:
+    """Replace ``tensor``'s raw bytes by a reference to where the same bytes lie in
+    ``model_bytes``; return where the next search starts. Protobuf writes the initializers in
+    order, so each is found after the last; any place holding the same bytes would do."""
+    raw = tensor.raw_data
+    offset = model_bytes.find(raw, start)
+    if offset < 0:
+        offset = model_bytes.find(raw)
+    if offset < 0:  # cannot happen for bytes read from model_bytes; never refer blindly
+        raise ValueError(f"initializer {tensor.name} not found in the file")
+    tensor.ClearField("raw_data")
+    tensor.data_location = tensor.EXTERNAL
+    for key, value in (("location", name), ("offset", offset), ("length", len(raw))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
+    return offset + len(raw)
 
 
 def shared_weights_device(providers: Providers) -> str | None:

@@ -52,6 +52,7 @@ def open_sessions(model: bytes, count: int, weights: SharedWeights | None) -> li
     options.enable_cpu_mem_arena = False
     if weights is not None:
         weights.add_to(options)
+        model = weights.skeleton
     return [ort.InferenceSession(model, options, providers=[CPU]) for _ in range(count)]
 
 
@@ -86,6 +87,43 @@ def test_shared_weights_of_a_vgg_answer_as_its_own(service_store: ModelStore) ->
     (expected,) = open_sessions(model, 1, None)[0].run(["scores"], {"image": x})
     for session in open_sessions(model, 3, weights):
         np.testing.assert_allclose(session.run(["scores"], {"image": x})[0], expected, atol=1e-6)
+
+
+def test_the_skeleton_refers_to_the_files_own_bytes(service_store: ModelStore) -> None:
+    """Every large initializer of the skeleton points at its bytes in the file: a session given
+    the file alone, and no values, reads all its weights from there and answers as the file."""
+    model = service_store.read("tiny-d").onnx_path.read_bytes()
+    weights = SharedWeights(model, "cpu")
+    assert len(weights.skeleton) < len(model) / 20, (len(weights.skeleton), len(model))
+    original = {t.name: t for t in onnx.load_from_string(model).graph.initializer}
+    external = 0
+    for tensor in onnx.load_from_string(weights.skeleton).graph.initializer:
+        raw = original[tensor.name].raw_data
+        if len(raw) < SharedWeights.INLINE_BYTES:
+            assert tensor.data_location != TensorProto.EXTERNAL and tensor.raw_data == raw
+            continue
+        where = {e.key: e.value for e in tensor.external_data}
+        start, length = int(where["offset"]), int(where["length"])
+        assert where["location"] == SharedWeights.FILE_NAME and length == len(raw)
+        assert model[start : start + length] == raw
+        external += 1
+    assert external >= 10, external  # the conv and fc weights at least
+    options = ort.SessionOptions()
+    options.add_external_initializers_from_files_in_memory(
+        [SharedWeights.FILE_NAME], [model], [len(model)]
+    )
+    x = np.random.default_rng(5).standard_normal((1, 3, 224, 256), dtype=np.float32)
+    (expected,) = open_sessions(model, 1, None)[0].run(["scores"], {"image": x})
+    session = ort.InferenceSession(weights.skeleton, options, providers=[CPU])
+    np.testing.assert_array_equal(session.run(["scores"], {"image": x})[0], expected)
+
+
+def test_no_session_opens_on_a_released_file() -> None:
+    weights = SharedWeights(big_add_model(64), "cpu")
+    weights.add_to(ort.SessionOptions())
+    weights.release_file()
+    with pytest.raises(RuntimeError, match="released"):
+        weights.add_to(ort.SessionOptions())
 
 
 def test_scalar_initializers_keep_their_shape(tmp_path: Path) -> None:
