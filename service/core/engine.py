@@ -7,8 +7,9 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from service.core.batching import Batcher
 from service.core.errors import InferenceFailed, UnsupportedModel
 from service.core.preprocess_graph import PreprocessGraph
 from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +120,10 @@ class Engine:
             prefer_nhwc=sessions.prefers_nhwc(options.cuda_layout, onnx.dtype),
             cpu_mem_arena=options.cpu_mem_arena,
         )
-        session_options, providers = setup()
-        self._weights = _shared_weights(model_bytes, options, providers)
-        graph = model_bytes
-        if self._weights is not None:
-            self._weights.add_to(session_options)
-            graph = self._weights.skeleton
-        open_session = functools.partial(
-            sessions.open_session, entry, graph, options.device, session_options, providers
-        )
-        first = open_session()
+        self._sessions, self._weights = _open_pool(entry, model_bytes, options, setup)
+        del model_bytes
+        first = self._sessions.first
         self.provider = first.get_providers()[0]
-        extra = options.cuda_sessions - 1 if self.provider == CUDA else 0
-        self._sessions = SessionPool([first, *(open_session() for _ in range(extra))])
-        if self._weights is not None:
-            self._weights.release_file()  # session_options open no session after this
-        del model_bytes, graph
         # Rescaling and normalising on the model's device (protocol.ScaledImages.get), where
         # asked: within a pixel level of Pillow's (docs/gpu.md, "Preprocessing on the GPU").
         self.preprocess = None
@@ -274,6 +266,32 @@ class Engine:
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
         with self._count_lock:  # the counts are of requests' work
             self._calls = self._views = 0
+
+
+def _open_pool(
+    entry: StoreEntry,
+    model_bytes: bytes,
+    options: EngineOptions,
+    setup: Callable[[], tuple[ort.SessionOptions, sessions.Providers]],
+) -> tuple[SessionPool, sessions.SharedWeights | None]:
+    """The engine's sessions: one on the CPU, ``cuda_sessions`` on CUDA; where
+    ``_shared_weights`` gives one copy of the weights, they all use it and open its weightless
+    skeleton."""
+    session_options, providers = setup()
+    weights = _shared_weights(model_bytes, options, providers)
+    graph = model_bytes
+    if weights is not None:
+        weights.add_to(session_options)
+        graph = weights.skeleton
+    open_session = functools.partial(
+        sessions.open_session, entry, graph, options.device, session_options, providers
+    )
+    first = open_session()
+    extra = options.cuda_sessions - 1 if first.get_providers()[0] == CUDA else 0
+    pool = SessionPool([first, *(open_session() for _ in range(extra))])
+    if weights is not None:
+        weights.release_file()  # session_options open no session after this
+    return pool, weights
 
 
 def _shared_weights(

@@ -52,6 +52,11 @@ class SessionPool:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def first(self) -> ort.InferenceSession:
+        """One of the sessions (they are alike): for the provider and the graph's names."""
+        return self._sessions[0]
+
     def for_shape(self, shape: tuple[int, ...]) -> ort.InferenceSession:
         if len(self._sessions) == 1:
             return self._sessions[0]
