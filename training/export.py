@@ -229,33 +229,17 @@ def export_to_store(
     the float32 graph before writing (docs/training.md, "int8 export"). With ``localization``
     the model's last layer is a box regressor and the entry's task is ``localization``, its
     map output ``boxes`` (docs/localization.md, "Export")."""
-    # A classifier has an output per label; a box regressor 4 per label (PCR) or 4 (SCR).
-    outputs = len(labels) if localization is None else localization.box_channels(len(labels))
-    if outputs != model.num_classes:
-        raise ExportError(
-            f"{len(labels)} labels for a model with {model.num_classes} "
-            + (
-                "classes"
-                if localization is None
-                else f"outputs ({localization.regression} regression needs {outputs})"
-            )
-        )
-    if localization is not None and dtype == "int8":
-        raise ExportError(
-            "int8 export is for classification nets; export a localization net "
-            "in float32 or float16"
-        )
+    _check_request(model, labels, localization, dtype)
     store.entry_path(name)  # refuses a bad name before any work
     if (store.root / name).exists() and not overwrite:
         raise ExportError(f"entry {name!r} already exists in {store.root} (use --force)")
     scales = test_scales or train_scale.default_test_scales()
     int8_inputs = None
     if dtype == "int8":
-        folder = calibration
-        if folder is None:
+        if calibration is None:
             raise ExportError("int8 export needs a calibration folder (--calibration DIR)")
         # Before the export's work: a folder with too few images is refused at once.
-        int8_inputs = quantize.calibration_inputs(folder, preprocessing, scales)
+        int8_inputs = quantize.calibration_inputs(calibration, preprocessing, scales)
     fcn = to_fully_convolutional(model.eval())
     with tempfile.TemporaryDirectory(prefix="verydeep-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -266,24 +250,8 @@ def export_to_store(
             output=output,
         )  # fmt: skip
         if int8_inputs is not None:
-            float_path, onnx_path = onnx_path, Path(tmp) / "int8" / "model.onnx"
-            onnx_path.parent.mkdir()
-            check = quantize.quantize_verified(
-                float_path,
-                onnx_path,
-                *int8_inputs,
-                scales=scales,
-                input_name=INPUT_NAME,
-                output_name=OUTPUT_NAME,
-                features_name=FEATURES_NAME,
-            )
-            metrics = {
-                **(metrics or {}),
-                "int8_calibration_images": check.images,
-                "int8_max_posterior_diff": round(check.max_posterior_diff, 6),
-                "int8_top1_agreement": check.top1_agreement,
-                "int8_reduce_range": check.reduce_range,
-            }
+            onnx_path, int8_metrics = _quantize(onnx_path, int8_inputs, scales)
+            metrics = {**(metrics or {}), **int8_metrics}
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             name=name,
@@ -314,3 +282,50 @@ def export_to_store(
             ),
         )
         return store.write(manifest, onnx_path, overwrite=overwrite)
+
+
+def _check_request(
+    model: VGG, labels: list[str], localization: Localization | None, dtype: str
+) -> None:
+    """Refuse, before any work, labels that do not fit the model's last layer, and int8 for a
+    localisation net."""
+    # A classifier has an output per label; a box regressor 4 per label (PCR) or 4 (SCR).
+    outputs = len(labels) if localization is None else localization.box_channels(len(labels))
+    if outputs != model.num_classes:
+        raise ExportError(
+            f"{len(labels)} labels for a model with {model.num_classes} "
+            + (
+                "classes"
+                if localization is None
+                else f"outputs ({localization.regression} regression needs {outputs})"
+            )
+        )
+    if localization is not None and dtype == "int8":
+        raise ExportError(
+            "int8 export is for classification nets; export a localization net "
+            "in float32 or float16"
+        )
+
+
+def _quantize(
+    float_path: Path, int8_inputs: tuple[int, list[np.ndarray]], scales: list[int]
+) -> tuple[Path, dict[str, Any]]:
+    """The int8 graph of the verified float32 one at ``float_path`` (written beside it), and
+    what its check against float32 measured, for the manifest's metrics."""
+    int8_path = float_path.parent / "int8" / "model.onnx"
+    int8_path.parent.mkdir()
+    check = quantize.quantize_verified(
+        float_path,
+        int8_path,
+        *int8_inputs,
+        scales=scales,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        features_name=FEATURES_NAME,
+    )
+    return int8_path, {
+        "int8_calibration_images": check.images,
+        "int8_max_posterior_diff": round(check.max_posterior_diff, 6),
+        "int8_top1_agreement": check.top1_agreement,
+        "int8_reduce_range": check.reduce_range,
+    }
