@@ -108,18 +108,7 @@ def decode(
     if limits.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # Pillow's own bomb check runs first, at open; ours must be the one that decides.
         Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    formats = supported_formats()
-    try:
-        im = Image.open(io.BytesIO(data), formats=formats)
-    except Image.DecompressionBombError as err:
-        raise _bomb(err, limits) from None
-    except UnidentifiedImageError:
-        raise UndecodableImage(
-            f"not a decodable image (supported formats: {', '.join(format_names())})"
-        ) from None
-    except Exception as err:
-        raise UndecodableImage(f"cannot decode the image: {err}") from None
-
+    im = _open(data, limits)
     width, height = im.size
     if width * height > limits.max_pixels:
         raise ImageTooLarge(
@@ -134,19 +123,7 @@ def decode(
     check_shape(width, height, limits)
 
     fmt = str(im.format or "")
-    drafted = False
-    try:
-        if max_scale is not None and fmt in ("JPEG", "MPO"):
-            factor = max_scale / min(width, height)
-            if factor <= 0.5:
-                stored = im.size
-                im.draft(None, (math.ceil(im.width * factor), math.ceil(im.height * factor)))
-                drafted = im.size != stored
-        im.load()
-    except Image.DecompressionBombError as err:
-        raise _bomb(err, limits) from None
-    except Exception as err:  # decoders raise many types on hostile input; all mean "corrupt"
-        raise UndecodableImage(f"cannot decode the image: {err}") from None
+    drafted = _load(im, limits, fmt, max_scale / min(width, height) if max_scale else None)
     # In place, so an upright image (most photos) is not copied; a malformed EXIF block is
     # metadata, and the pixels still count.
     with contextlib.suppress(Exception):
@@ -158,6 +135,37 @@ def decode(
     if not drafted:
         width, height = rgb.size
     return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The image's header read by Pillow (no pixel decoded yet), in the formats served."""
+    try:
+        return Image.open(io.BytesIO(data), formats=supported_formats())
+    except Image.DecompressionBombError as err:
+        raise _bomb(err, limits) from None
+    except UnidentifiedImageError:
+        raise UndecodableImage(
+            f"not a decodable image (supported formats: {', '.join(format_names())})"
+        ) from None
+    except Exception as err:
+        raise UndecodableImage(f"cannot decode the image: {err}") from None
+
+
+def _load(im: Image.Image, limits: ImageLimits, fmt: str, factor: float | None) -> bool:
+    """Decode the pixels, a JPEG at libjpeg's reduced size when ``factor`` (the largest scale
+    over the short side) is at most 1/2; whether it was reduced."""
+    drafted = False
+    try:
+        if factor is not None and factor <= 0.5 and fmt in ("JPEG", "MPO"):
+            stored = im.size
+            im.draft(None, (math.ceil(im.width * factor), math.ceil(im.height * factor)))
+            drafted = im.size != stored
+        im.load()
+    except Image.DecompressionBombError as err:
+        raise _bomb(err, limits) from None
+    except Exception as err:  # decoders raise many types on hostile input; all mean "corrupt"
+        raise UndecodableImage(f"cannot decode the image: {err}") from None
+    return drafted
 
 
 def load_rgb(path: str | Path, *, max_scale: int | None = None) -> Image.Image:
