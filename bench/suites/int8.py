@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -261,22 +262,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         "int8": bare_session(int8_entry, settings),
     }
     paths = {"float32": float_entry.onnx_path, "int8": int8_entry.onnx_path}
-    core, ov_reason = openvino_peer(threads)
-    skipped: dict[str, str] = {}
-    compiled: dict[str, Any] = {}
-    ov_info: dict[str, Any] = {"threads": threads}
-    if core is None:
-        skipped = {"float32": ov_reason, "int8": ov_reason}
-        ov_info["skipped"] = ov_reason
-    else:
-        ov_info["version"] = import_openvino().__version__
-        ov_info["config"] = openvino_config(threads)
-        for dtype, path in paths.items():
-            try:
-                compiled[dtype] = openvino_compile(core, path, threads)
-            except Exception as err:  # a graph OpenVINO cannot read or compile
-                skipped[dtype] = f"OpenVINO failed on it ({type(err).__name__}: {err})"[:300]
-
+    compiled, skipped, ov_info = _openvino_models(paths, threads)
     figures: list[Figure] = []
     details: dict[str, Any] = {
         "model": float_entry.name,
@@ -295,54 +281,100 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     )  # fmt: skip
     for key, make_feeds, reps, warmup, target in runs:
         feeds = make_feeds(ctx, float_entry)
-        shapes = [list(x.shape) for x in feeds]
-        views = sum(x.shape[0] for x in feeds)
-        if key == "one_view":
-            label = f"1 dense view, Q={Q} ({feeds[0].shape[2]}x{feeds[0].shape[3]})"
-        else:
-            label = (
-                f"default protocol, Q={','.join(map(str, PROTOCOL_SCALES))} + flip "
-                f"({views} views, {len(feeds)} calls)"
-            )
         calls: dict[str, Callable[[], list[np.ndarray]]] = {
             f"ort_{dtype}": ort_runner(sessions[dtype], feeds) for dtype in sessions
         }
-        for dtype, model in list(compiled.items()):
-            try:
-                calls[f"ov_{dtype}"] = openvino_runner(model, feeds)
-                calls[f"ov_{dtype}"]()  # runs the graph once at these shapes
-            except Exception as err:  # a graph OpenVINO compiled but cannot run
-                calls.pop(f"ov_{dtype}", None)
-                del compiled[dtype]
-                skipped[dtype] = f"OpenVINO failed on it ({type(err).__name__}: {err})"[:300]
-        outputs = {name: fn() for name, fn in calls.items()}
-        reference = outputs["ort_float32"]
-        agreement = {
-            name: {
-                "max_abs_score_diff": _max_diff(out, reference),
-                "max_abs_posterior_diff": float(
-                    np.max(np.abs(_posteriors(out) - _posteriors(reference)))
-                ),
-            }
-            for name, out in outputs.items()
-            if name != "ort_float32"
-        }
-        found, times = timing_figures(ctx, label, calls, reps, warmup, target, skipped)
+        calls.update(_openvino_calls(compiled, feeds, skipped))
+        found, details[key] = _measure(ctx, key, feeds, calls, (reps, warmup, target), skipped)
         figures += found
-        details[key] = {
-            "input_shapes": shapes,
-            "views": views,
-            "reps": reps,
-            "warmup": warmup,
-            "seconds": times,
-            "against_ort_float32": agreement,
-            "max_abs_score": float(max(np.max(np.abs(s)) for s in reference)),
-        }
     if skipped:
         ov_info["skipped_dtypes"] = skipped
-    del sessions, compiled, calls, outputs
+    del sessions, compiled, calls
     figure, details["accuracy"] = accuracy(
         ctx, ctx.store(), int8_store, float_entry.name, int8_name, ACCURACY_PHOTOS[ctx.mode.name]
     )
     figures.append(figure)
     return figures, details
+
+
+def _openvino_models(
+    paths: dict[str, Path], threads: int
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """OpenVINO's compiled float32 and int8 graphs where it is installed and takes them, the
+    reason for each it does not run, and what to record of it."""
+    core, ov_reason = openvino_peer(threads)
+    skipped: dict[str, str] = {}
+    compiled: dict[str, Any] = {}
+    ov_info: dict[str, Any] = {"threads": threads}
+    if core is None:
+        ov_info["skipped"] = ov_reason
+        return compiled, {"float32": ov_reason, "int8": ov_reason}, ov_info
+    ov_info["version"] = import_openvino().__version__
+    ov_info["config"] = openvino_config(threads)
+    for dtype, path in paths.items():
+        try:
+            compiled[dtype] = openvino_compile(core, path, threads)
+        except Exception as err:  # a graph OpenVINO cannot read or compile
+            skipped[dtype] = f"OpenVINO failed on it ({type(err).__name__}: {err})"[:300]
+    return compiled, skipped, ov_info
+
+
+def _openvino_calls(
+    compiled: dict[str, Any], feeds: list[np.ndarray], skipped: dict[str, str]
+) -> dict[str, Callable[[], list[np.ndarray]]]:
+    """A runner of ``feeds`` per compiled graph that runs them once; one that fails moves
+    from ``compiled`` to ``skipped``."""
+    calls: dict[str, Callable[[], list[np.ndarray]]] = {}
+    for dtype, model in list(compiled.items()):
+        try:
+            call = openvino_runner(model, feeds)
+            call()  # runs the graph once at these shapes
+        except Exception as err:  # a graph OpenVINO compiled but cannot run
+            del compiled[dtype]
+            skipped[dtype] = f"OpenVINO failed on it ({type(err).__name__}: {err})"[:300]
+            continue
+        calls[f"ov_{dtype}"] = call
+    return calls
+
+
+def _measure(
+    ctx: Context,
+    key: str,
+    feeds: list[np.ndarray],
+    calls: dict[str, Callable[[], list[np.ndarray]]],
+    plan: tuple[int, int, float],
+    skipped: dict[str, str],
+) -> tuple[list[Figure], dict[str, Any]]:
+    """The timing figures of ``calls`` on ``feeds`` (``plan``: reps, warm-up, target), and each
+    call's agreement with onnxruntime's float32 scores."""
+    reps, warmup, target = plan
+    views = sum(x.shape[0] for x in feeds)
+    if key == "one_view":
+        label = f"1 dense view, Q={Q} ({feeds[0].shape[2]}x{feeds[0].shape[3]})"
+    else:
+        label = (
+            f"default protocol, Q={','.join(map(str, PROTOCOL_SCALES))} + flip "
+            f"({views} views, {len(feeds)} calls)"
+        )
+    outputs = {name: fn() for name, fn in calls.items()}
+    reference = outputs["ort_float32"]
+    agreement = {
+        name: {
+            "max_abs_score_diff": _max_diff(out, reference),
+            "max_abs_posterior_diff": float(
+                np.max(np.abs(_posteriors(out) - _posteriors(reference)))
+            ),
+        }
+        for name, out in outputs.items()
+        if name != "ort_float32"
+    }
+    found, times = timing_figures(ctx, label, calls, reps, warmup, target, skipped)
+    return found, {
+        "input_shapes": [list(x.shape) for x in feeds],
+        "views": views,
+        "reps": reps,
+        "warmup": warmup,
+        "seconds": times,
+        "against_ort_float32": agreement,
+        "max_abs_score": float(max(np.max(np.abs(s)) for s in reference)),
+    }
