@@ -31,6 +31,12 @@ def from_env(variable: str, fallback: object) -> str:
 
 def register(commands: Any) -> None:
     """Add the service wing's subcommands to the ``verydeep`` parser."""
+    _register_serve(commands)
+    _register_evaluate(commands)
+    _register_features(commands)
+
+
+def _register_serve(commands: Any) -> None:
     p = commands.add_parser(
         "serve",
         help="serve the models of a store over HTTP",
@@ -50,6 +56,8 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(handler=_serve)
 
+
+def _register_evaluate(commands: Any) -> None:
     p = commands.add_parser(
         "evaluate",
         help="top-1 and top-5 error on a labelled image folder, as the paper's tables",
@@ -61,24 +69,7 @@ def register(commands: Any) -> None:
         "VERYDEEP_DEVICE and VERYDEEP_MAX_SCALE apply as in serve.",
     )
     _store_option(p)
-    p.add_argument(
-        "--task",
-        choices=["classification", "localization"],
-        default="classification",
-        help="localization: --model is a localization model, or a comma list of them whose "
-        "box sets are merged together (default: %(default)s)",
-    )
-    p.add_argument(
-        "--classify-with",
-        metavar="NAME[,NAME...]",
-        help="--task localization: the classifier that ranks the classes (default: the "
-        "localization model's manifest's localization.classifier)",
-    )
-    p.add_argument(
-        "--boxes",
-        metavar="DIR",
-        help="--task localization: ILSVRC's VOC XML box files (default: DATA/annotations.json)",
-    )
+    _localization_options(p)
     p.add_argument(
         "--model",
         required=True,
@@ -130,12 +121,6 @@ def register(commands: Any) -> None:
         help="also write the results to this JSON file (default: the table only)",
     )
     p.add_argument(
-        "--draw",
-        metavar="DIR",
-        help="--task localization: also draw each image into DIR/<class>/<image>.png with its "
-        "truth (green), top-1 (red) and central-crop (dashed blue) boxes (default: none)",
-    )
-    p.add_argument(
         "--maps",
         metavar="DIR",
         help="also draw each image's dense score maps into DIR/<model>/<class>/<image>.png: "
@@ -144,6 +129,36 @@ def register(commands: Any) -> None:
     _progress_option(p)
     p.set_defaults(handler=_evaluate)
 
+
+def _localization_options(p: argparse.ArgumentParser) -> None:
+    """evaluate's options of --task localization."""
+    p.add_argument(
+        "--task",
+        choices=["classification", "localization"],
+        default="classification",
+        help="localization: --model is a localization model, or a comma list of them whose "
+        "box sets are merged together (default: %(default)s)",
+    )
+    p.add_argument(
+        "--classify-with",
+        metavar="NAME[,NAME...]",
+        help="--task localization: the classifier that ranks the classes (default: the "
+        "localization model's manifest's localization.classifier)",
+    )
+    p.add_argument(
+        "--boxes",
+        metavar="DIR",
+        help="--task localization: ILSVRC's VOC XML box files (default: DATA/annotations.json)",
+    )
+    p.add_argument(
+        "--draw",
+        metavar="DIR",
+        help="--task localization: also draw each image into DIR/<class>/<image>.png with its "
+        "truth (green), top-1 (red) and central-crop (dashed blue) boxes (default: none)",
+    )
+
+
+def _register_features(commands: Any) -> None:
     p = commands.add_parser(
         "features",
         help="the paper's image descriptors of a folder (Appendix B), as POST /features",
