@@ -18,10 +18,14 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.context import Context
 from bench.report import Figure
 from bench.stats import percentile
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 NAME = "load"
 Q = 256
@@ -108,28 +112,49 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         loadgen(ctx, c, n, mode.load_seconds)
         for c, n in zip(mode.load_levels, mode.load_requests, strict=True)
     ]
-    base = levels[0]
-    figures = []
-    for level in levels:
-        lat = level["latency_ms"]
-        figures.append(
-            Figure(
-                benchmark=NAME,
-                label=f"{level['concurrency']} client(s): throughput ({level['ok']} req)",
-                value=level["throughput_rps"],
-                unit="req/s",
-                peer_label="at 1 client",
-                peer=base["throughput_rps"],
-                ratio=level["throughput_rps"] / base["throughput_rps"],
-                ratio_label="scaling",
-                note=(
-                    f"p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} / p99 {lat['p99']:.0f} ms"
-                    + _non_200(level)
-                ),
-                details=level,
-            )
-        )
+    figures = [_level_figure(level, levels[0]) for level in levels]
     peak = max(level["throughput_rps"] for level in levels)
+    onset_figure, predicted, probes = _onset(ctx, settings, peak)
+    figures.append(onset_figure)
+    details = {
+        "request": request_params(ctx),
+        "tool": "bench/loadgen.py (asyncio + httpx, closed loop, separate process)",
+        "settings": {
+            "max_concurrency": settings.max_concurrency,
+            "max_queue": settings.max_queue,
+            "queue_timeout": settings.queue_timeout,
+            "intra_op_threads": settings.intra_op_threads,
+        },
+        "levels": levels,
+        "peak_throughput_rps": peak,
+        "predicted_503_onset": predicted,
+        "probes": probes,
+    }
+    return figures, details
+
+
+def _level_figure(level: dict, base: dict) -> Figure:
+    """One closed-loop level's throughput, against one client's."""
+    lat = level["latency_ms"]
+    return Figure(
+        benchmark=NAME,
+        label=f"{level['concurrency']} client(s): throughput ({level['ok']} req)",
+        value=level["throughput_rps"],
+        unit="req/s",
+        peer_label="at 1 client",
+        peer=base["throughput_rps"],
+        ratio=level["throughput_rps"] / base["throughput_rps"],
+        ratio_label="scaling",
+        note=f"p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} / p99 {lat['p99']:.0f} ms"
+        + _non_200(level),
+        details=level,
+    )
+
+
+def _onset(ctx: Context, settings: Settings, peak: float) -> tuple[Figure, dict, list[dict]]:
+    """The number of simultaneous clients at which 503s begin, observed with a burst (and, in
+    full mode, closed loops either side of it) against the number the admission settings and
+    the peak throughput predict."""
     mc, queue, timeout = settings.max_concurrency, settings.max_queue, settings.queue_timeout
     predicted = {
         # a request beyond the running ones and a full queue is refused at once
@@ -144,40 +169,23 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     burst = loadgen(ctx, burst_size, burst_size, 120.0, burst=True)
     probes = [burst]
     observed = burst["ok"] + 1 if burst["statuses"].get("503") else math.nan
-    for offset in mode.ramp_offsets:  # full mode: closed loops either side of the onset
+    for offset in ctx.mode.ramp_offsets:  # full mode: closed loops either side of the onset
         c = max(1, onset + offset)
-        probe = loadgen(ctx, c, 2 * c, mode.load_seconds + timeout)
-        probes.append(probe)
-    figures.append(
-        Figure(
-            benchmark=NAME,
-            label=f"503 onset (simultaneous clients; max_concurrency={mc}, max_queue={queue}, "
-            f"queue_timeout={timeout:g}s)",
-            value=float(observed),
-            unit="clients",
-            peer_label="predicted from peak req/s",
-            peer=float(onset),
-            ratio=observed / onset,
-            ratio_label="observed/predicted",
-            note=_probe_note(probes),
-            details={"predicted": predicted, "probes": probes},
-        )
+        probes.append(loadgen(ctx, c, 2 * c, ctx.mode.load_seconds + timeout))
+    figure = Figure(
+        benchmark=NAME,
+        label=f"503 onset (simultaneous clients; max_concurrency={mc}, max_queue={queue}, "
+        f"queue_timeout={timeout:g}s)",
+        value=float(observed),
+        unit="clients",
+        peer_label="predicted from peak req/s",
+        peer=float(onset),
+        ratio=observed / onset,
+        ratio_label="observed/predicted",
+        note=_probe_note(probes),
+        details={"predicted": predicted, "probes": probes},
     )
-    details = {
-        "request": request_params(ctx),
-        "tool": "bench/loadgen.py (asyncio + httpx, closed loop, separate process)",
-        "settings": {
-            "max_concurrency": mc,
-            "max_queue": queue,
-            "queue_timeout": timeout,
-            "intra_op_threads": settings.intra_op_threads,
-        },
-        "levels": levels,
-        "peak_throughput_rps": peak,
-        "predicted_503_onset": predicted,
-        "probes": probes,
-    }
-    return figures, details
+    return figure, predicted, probes
 
 
 def _non_200(level: dict) -> str:
