@@ -46,16 +46,7 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         )
     server_timing = server_timing[ctx.mode.warmup :]
     api_s, bare_s = median(times["api"]), median(times["bare"])
-    decode_ms = median([t["decode"] for t in server_timing])
-    inference_ms = median([t["inference"] for t in server_timing])
-    total_ms = median([t["total"] for t in server_timing])
-    breakdown = {
-        "decode_ms": decode_ms,
-        "rescale_normalize_network_softmax_ms": inference_ms,
-        "server_total_ms": total_ms,
-        "inference_minus_bare_ms": inference_ms - bare_s * 1e3,
-        "http_json_upload_ms (client minus server total)": api_s * 1e3 - total_ms,
-    }
+    breakdown = _breakdown(server_timing, api_s, bare_s)
     ctx.shared["dense_bare_s"] = {
         "q": Q,
         "shape": list(x.shape),
@@ -89,3 +80,17 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         },
     }
     return [figure], details
+
+
+def _breakdown(server_timing: list[dict[str, float]], api_s: float, bare_s: float) -> dict:
+    """Where a request's time went, from the server's medians of ``timing_ms``: decoding, the
+    rest of inference beyond the bare call, and outside the server's total."""
+    inference_ms = median([t["inference"] for t in server_timing])
+    total_ms = median([t["total"] for t in server_timing])
+    return {
+        "decode_ms": median([t["decode"] for t in server_timing]),
+        "rescale_normalize_network_softmax_ms": inference_ms,
+        "server_total_ms": total_ms,
+        "inference_minus_bare_ms": inference_ms - bare_s * 1e3,
+        "http_json_upload_ms (client minus server total)": api_s * 1e3 - total_ms,
+    }
