@@ -1,8 +1,8 @@
 """``python -m bench.run [--quick|--full] [--device cuda [--fp16]] [--only NAME,...] [--out DIR]
 [--models vgg16,vgg19] [--stream-scales default,256,...] [--stream-levels 1,4,...]
 [--stream-requests N] [--stream-ensemble]``: run the benchmarks, print the table, write
-``<out>/<date>-<machine>.json`` (``<date>-<machine>[-cuda-fp16][-full].json``) and the table as
-Markdown beside it.
+``<out>/<date>-<machine>.json`` (``<date>-<machine>[-cuda-fp32|-cuda-fp16|-fp16][-full].json``)
+and the table as Markdown beside it.
 
 ``--device cuda`` runs the GPU suite: the server, the bare peers and torch eager on the GPU, plus
 batched views and images/s and GPU memory by scale; JPEG decoding (CPU work, the same in both
@@ -241,6 +241,8 @@ def run(names: list[str], ctx: Context, out: Path, command: str) -> tuple[list[F
     name = machine.slug(ctx.device)
     if ctx.cuda:
         name += "-cuda-fp16" if ctx.dtype == "float16" else "-cuda-fp32"
+    elif ctx.dtype == "float16":  # the CPU's float16 run must not overwrite its float32 one
+        name += "-fp16"
     name += "" if ctx.mode.quick else f"-{ctx.mode.name}"
     path = write_json(document, out, started_at.strftime("%Y-%m-%d"), name)
     path.with_suffix(".md").write_text(markdown_table(figures) + "\n")

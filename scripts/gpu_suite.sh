@@ -8,7 +8,8 @@
 #   scripts/gpu_suite.sh [SECONDS]
 #
 # Each step has a budget of its own and is stopped at it. $OUT/summary.txt lists each step with
-# its exit status (124: stopped at its budget) and seconds, $OUT/results.tgz holds
+# its exit status (124: stopped at its budget) and seconds, $OUT/targets.md the GPU targets
+# met or missed (bench/gpu_targets.py), $OUT/results.tgz holds
 # bench/results-gpu/ (the JSON and Markdown of every run), $OUT/logs.tgz every step's output.
 # INSTALL=0 installs nothing (a GPU host with the project installed: make bench-gpu, PYTHON set).
 # DRY=1 runs the same steps on this machine's CPU with a narrow D instead of VGG-16 and without
@@ -26,6 +27,8 @@ mkdir -p "$out" "$work/logs" "$results"
 : >"$out/steps.tsv"
 
 pack() {
+  # The GPU targets of docs/gpu.md from whatever ran (a second).
+  "$python" -m bench.gpu_targets "$results" --out "$out/targets.md" >"$work/logs/targets.log" 2>&1
   tar -czf "$out/results.tgz" "$results" 2>/dev/null
   tar -czf "$out/logs.tgz" -C "$work" logs 2>/dev/null
   {
@@ -33,6 +36,7 @@ pack() {
     cat "$out/steps.tsv"
   } >"$out/summary.txt"
   cat "$out/summary.txt"
+  [[ -f $out/targets.md ]] && cat "$out/targets.md"
 }
 trap pack EXIT
 

@@ -85,3 +85,7 @@ def test_the_suite_runs_through_on_the_cpu(tmp_path: Path) -> None:
         names = packed.getnames()
     assert any(n.endswith("shared16/" + Path(n).name) and n.endswith(".json") for n in names)
     assert any("new-shape-cpu.json" in n for n in names)
+    # The targets, judged from what ran (bench/gpu_targets.py), come back beside them.
+    targets = (tmp_path / "out" / "targets.md").read_text()
+    for target in ("mixed", "bare", "fp16", "overhead"):  # DRY: no ensemble (one narrow D)
+        assert f"| {target} | " in targets, targets
