@@ -279,18 +279,19 @@ def _open_pool(
     skeleton."""
     session_options, providers = setup()
     weights = _shared_weights(model_bytes, options, providers)
-    graph = model_bytes
-    if weights is not None:
-        weights.add_to(session_options)
-        graph = weights.skeleton
-    open_session = functools.partial(
-        sessions.open_session, entry, graph, options.device, session_options, providers
-    )
+
+    def open_graph(graph: bytes, opened_with: ort.SessionOptions) -> ort.InferenceSession:
+        return sessions.open_session(entry, graph, options.device, opened_with, providers)
+
+    if weights is None:
+        open_session = functools.partial(open_graph, model_bytes, session_options)
+    else:
+        open_session = weights.opener(open_graph, lambda: setup()[0])
     first = open_session()
     extra = options.cuda_sessions - 1 if first.get_providers()[0] == CUDA else 0
     pool = SessionPool([first, *(open_session() for _ in range(extra))])
     if weights is not None:
-        weights.release_file()  # session_options open no session after this
+        weights.release()  # no session opens with its options after this
     return pool, weights
 
 

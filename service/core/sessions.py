@@ -11,8 +11,11 @@ import ctypes
 import functools
 import logging
 import os
+import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import onnxruntime as ort
@@ -85,24 +88,31 @@ class SharedWeights:
     plans it on, so a session costs its activations only and the pool can keep a session for
     every shape in flight (docs/gpu.md, "Sessions sharing one copy of the weights").
 
-    Parsing the whole file still cost each session most of its start-up (4.1 s of a VGG-16
-    session's on the CPU), so the sessions open ``skeleton`` instead: the same graph with every
-    large initializer's bytes replaced by an external-data reference to where those bytes lie in
-    the file, and the file handed over from memory
-    (``add_external_initializers_from_files_in_memory``). A graph optimisation that rewrites
-    weights (the CPU provider's NCHWc layout; presumably CUDA's channels-last layout of float16
-    models) reads them from there, which is exactly the bytes whose sha256 was checked, and
-    writes its result into each session. onnxruntime keeps a pointer to that memory, not a
-    copy: ``add_to``'s options may open sessions only until ``release_file``, after which no
-    session may be opened with them.
+    Parsing the whole file would still cost each session most of its start-up, so the sessions
+    open ``skeleton``: the same graph with every large initializer's bytes replaced by an
+    external-data reference to where those bytes lie in the file. ``opener`` opens them two
+    ways (docs/gpu.md, "The skeleton"):
 
-    The values must outlive every session that uses them, so the engine keeps this object as
-    long as its sessions. Reading the initializers needs the ``onnx`` package (the ``cuda``
-    extra), imported here only: serving without shared weights does not need it.
+    - the references resolve to an empty placeholder file, so that nothing is read (a VGG-16
+      session opened in 2 to 7 ms on the CPU), and a session whose optimiser would read a
+      weight from the graph fails to open instead of reading anything else;
+    - from the first such failure on, the file itself, the very bytes whose sha256 was checked,
+      is handed over from memory (``add_external_initializers_from_files_in_memory``): a graph
+      optimisation that rewrites weights (the CPU provider's NCHWc layout; presumably CUDA's
+      channels-last layout of float16 models) reads them there, at the price of onnxruntime
+      copying every referenced initializer into the session while it opens (0.6 s for
+      VGG-16), and writes its result into each session.
+
+    onnxruntime keeps a pointer to that memory, not a copy, so ``release`` drops the file and
+    the placeholder once the sessions are open, and no session may be opened after it. The
+    values must outlive every session that uses them: the engine keeps this object as long as
+    its sessions. Reading the initializers needs the ``onnx`` package (the ``cuda`` extra),
+    imported here only: serving without shared weights does not need it.
     """
 
-    FILE_NAME = "model.onnx"  # the in-memory file the skeleton's weights refer to
+    FILE_NAME = "model.onnx"  # the file the skeleton's weights refer to
     INLINE_BYTES = 1024  # smaller initializers stay in the skeleton: nothing to gain
+    FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
     def __init__(self, model_bytes: bytes, device: str) -> None:
         try:
@@ -130,23 +140,61 @@ class SharedWeights:
         except Exception as err:
             raise EngineError(f"cannot place the weights on {device}: {err}") from None
         self.skeleton = model.SerializeToString()
+        self.reads_weights = False  # whether the sessions needed the file (set by opener)
         self._file: bytes | None = model_bytes
+        self._placeholder: tempfile.TemporaryDirectory[str] | None = None
 
-    def add_to(self, options: ort.SessionOptions) -> None:
-        """Give every session opened with ``options`` these values for its initializers, and
-        the file that ``skeleton`` refers to (until ``release_file``)."""
+    def add_to(self, options: ort.SessionOptions, *, file: bool) -> None:
+        """Give the sessions opened with ``options`` these values for their initializers, and
+        the skeleton's references the placeholder, or with ``file`` the file from memory
+        (until ``release``)."""
         if self._file is None:
-            raise RuntimeError("the file was released: open the sessions before release_file")
+            raise RuntimeError("the weights were released: open the sessions before release")
         for name, value in self.values.items():
             options.add_initializer(name, value)
-        options.add_external_initializers_from_files_in_memory(
-            [self.FILE_NAME], [self._file], [len(self._file)]
-        )
+        if file:
+            options.add_external_initializers_from_files_in_memory(
+                [self.FILE_NAME], [self._file], [len(self._file)]
+            )
+            return
+        if self._placeholder is None:
+            self._placeholder = tempfile.TemporaryDirectory(prefix="verydeep-weights-")
+            Path(self._placeholder.name, self.FILE_NAME).touch()
+        options.add_session_config_entry(self.FOLDER_KEY, self._placeholder.name)
 
-    def release_file(self) -> None:
-        """Let go of the model file once every session is open (onnxruntime copied what it
-        needed of it while opening each)."""
+    def opener(
+        self,
+        open_graph: Callable[[bytes, ort.SessionOptions], ort.InferenceSession],
+        new_options: Callable[[], ort.SessionOptions],
+    ) -> Callable[[], ort.InferenceSession]:
+        """A function that opens one more session of ``skeleton`` (``open_graph(graph,
+        options)``, options from ``new_options``): reading nothing while the sessions need no
+        weight of the graph, and from the first that fails to open so, with the file."""
+        fast = new_options()
+        fast.log_severity_level = 4  # its expected failure is no error: the file path follows
+        self.add_to(fast, file=False)
+        with_file: list[ort.SessionOptions] = []
+
+        def open_one() -> ort.InferenceSession:
+            if not with_file:
+                try:
+                    return open_graph(self.skeleton, fast)
+                except EngineError as err:
+                    log.info("the sessions read weights from the graph; given the file: %s", err)
+                    with_file.append(new_options())
+                    self.add_to(with_file[0], file=True)
+                    self.reads_weights = True
+            return open_graph(self.skeleton, with_file[0])
+
+        return open_one
+
+    def release(self) -> None:
+        """Let go of the model file and the placeholder once every session is open
+        (onnxruntime copied what it needed while opening each)."""
         self._file = None
+        if self._placeholder is not None:
+            self._placeholder.cleanup()
+            self._placeholder = None
 
 
 def _refer_to_file(tensor: TensorProto, model_bytes: bytes, start: int, name: str) -> int:

@@ -167,11 +167,16 @@ def test_cuda_sessions_sharing_weights_hold_one_copy_on_the_gpu() -> None:
 
     def four(weights: SharedWeights | None) -> tuple[list, int]:
         options, providers = session_setup("cuda")
-        if weights is not None:
-            weights.add_to(options)
-        graph = model if weights is None else weights.skeleton  # as the engine opens them
         before = used_mib()
-        made = [ort.InferenceSession(graph, options, providers=providers) for _ in range(4)]
+        if weights is None:
+            made = [ort.InferenceSession(model, options, providers=providers) for _ in range(4)]
+        else:  # as the engine opens them: the skeleton, reading no weight
+            open_one = weights.opener(
+                lambda graph, opts: ort.InferenceSession(graph, opts, providers=providers),
+                lambda: session_setup("cuda")[0],
+            )
+            made = [open_one() for _ in range(4)]
+            assert not weights.reads_weights
         assert all(s.get_providers()[0] == CUDA for s in made)
         return made, used_mib() - before
 

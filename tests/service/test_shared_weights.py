@@ -46,14 +46,30 @@ def resident_mib() -> float:
     raise AssertionError("no VmRSS")
 
 
-def open_sessions(model: bytes, count: int, weights: SharedWeights | None) -> list:
+def new_options(level: str = "ORT_ENABLE_ALL") -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.enable_cpu_mem_arena = False
-    if weights is not None:
-        weights.add_to(options)
-        model = weights.skeleton
-    return [ort.InferenceSession(model, options, providers=[CPU]) for _ in range(count)]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    return options
+
+
+def open_graph(graph: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
+    """As ``sessions.open_session`` does: onnxruntime's refusal is an EngineError."""
+    try:
+        return ort.InferenceSession(graph, options, providers=[CPU])
+    except Exception as err:
+        raise EngineError(str(err)) from None
+
+
+def open_sessions(
+    model: bytes, count: int, weights: SharedWeights | None, level: str = "ORT_ENABLE_ALL"
+) -> list:
+    """``count`` sessions of ``model``, or of the weights' skeleton as the engine opens them."""
+    if weights is None:
+        return [open_graph(model, new_options(level)) for _ in range(count)]
+    open_one = weights.opener(open_graph, lambda: new_options(level))
+    return [open_one() for _ in range(count)]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
@@ -118,12 +134,36 @@ def test_the_skeleton_refers_to_the_files_own_bytes(service_store: ModelStore) -
     np.testing.assert_array_equal(session.run(["scores"], {"image": x})[0], expected)
 
 
-def test_no_session_opens_on_a_released_file() -> None:
+@pytest.mark.parametrize(
+    ("level", "reads"),
+    [("ORT_ENABLE_EXTENDED", False), ("ORT_ENABLE_ALL", True)],  # ALL: the CPU's NCHWc layout
+)
+def test_sessions_read_no_weight_unless_their_optimiser_needs_one(
+    service_store: ModelStore, level: str, reads: bool
+) -> None:
+    """The skeleton's references resolve to an empty placeholder, so a session reads nothing;
+    one whose optimiser rewrites weights (NCHWc) fails so and is given the file instead. Both
+    answer as the file does."""
+    model = service_store.read("tiny-d").onnx_path.read_bytes()
+    weights = SharedWeights(model, "cpu")
+    x = np.random.default_rng(7).standard_normal((2, 3, 256, 288), dtype=np.float32)
+    (expected,) = open_sessions(model, 1, None, level)[0].run(["scores"], {"image": x})
+    shared = open_sessions(model, 2, weights, level)
+    assert weights.reads_weights is reads
+    for session in shared:
+        np.testing.assert_allclose(session.run(["scores"], {"image": x})[0], expected, atol=1e-6)
+
+
+def test_the_placeholder_holds_nothing_and_goes_with_release() -> None:
     weights = SharedWeights(big_add_model(64), "cpu")
-    weights.add_to(ort.SessionOptions())
-    weights.release_file()
+    options = ort.SessionOptions()
+    weights.add_to(options, file=False)
+    folder = Path(options.get_session_config_entry(SharedWeights.FOLDER_KEY))
+    assert (folder / SharedWeights.FILE_NAME).stat().st_size == 0
+    weights.release()
+    assert not folder.exists()
     with pytest.raises(RuntimeError, match="released"):
-        weights.add_to(ort.SessionOptions())
+        weights.add_to(ort.SessionOptions(), file=True)
 
 
 def test_scalar_initializers_keep_their_shape(tmp_path: Path) -> None:
