@@ -9,7 +9,7 @@ service opens them (``service.core.sessions.session_setup``), kept four ways:
 - ``per_shape_copies``: a session per shape, each holding its own copy of the weights;
 - ``per_shape_shared``: a session per shape, all of them given the same weights, one copy on
   the device, as the service does with ``VERYDEEP_CUDA_SHARED_WEIGHTS``
-  (``service.core.sessions.SharedWeights``: ``SessionOptions.add_initializer`` with
+  (``service.core.shared_weights.SharedWeights``: ``SessionOptions.add_initializer`` with
   ``OrtValue``s made on the device, which onnxruntime uses in place of the file's), each
   session opening the weightless ``skeleton`` of the graph;
 - ``per_shape_shared_whole``: the same, each session parsing the whole file (the open time
@@ -49,6 +49,7 @@ from bench.images import STREAM_SIZES  # noqa: E402
 from bench.models import TINY_D, VGG16, ensure_store  # noqa: E402
 from model_store.imaging import rescaled_size  # noqa: E402
 from service.core import sessions  # noqa: E402
+from service.core.shared_weights import SharedWeights  # noqa: E402
 
 
 def device_memory(device: str) -> int:
@@ -84,7 +85,7 @@ def open_sessions(kind: str, n: int, model_bytes: bytes, args) -> tuple:
         # The service's own sharing (VERYDEEP_CUDA_SHARED_WEIGHTS): every initializer one
         # OrtValue on the device, given to each session by add_initializer; each session opens
         # the weightless skeleton, or (``_whole``) parses the whole file as before 2026-12-01.
-        weights = sessions.SharedWeights(model_bytes, args.device)
+        weights = SharedWeights(model_bytes, args.device)
         if kind.endswith("_whole"):
             weights.add_to(options, file=True)
             made = [ort.InferenceSession(model_bytes, options, providers=providers)

@@ -19,6 +19,7 @@ from service.core.batching import Batcher
 from service.core.errors import InferenceFailed, UnsupportedModel
 from service.core.preprocess_graph import PreprocessGraph
 from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
+from service.core.shared_weights import SharedWeights, shared_weights_device
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -273,7 +274,7 @@ def _open_pool(
     model_bytes: bytes,
     options: EngineOptions,
     setup: Callable[[], tuple[ort.SessionOptions, sessions.Providers]],
-) -> tuple[SessionPool, sessions.SharedWeights | None]:
+) -> tuple[SessionPool, SharedWeights | None]:
     """The engine's sessions: one on the CPU, ``cuda_sessions`` on CUDA; where
     ``_shared_weights`` gives one copy of the weights, they all use it and open its weightless
     skeleton."""
@@ -297,16 +298,16 @@ def _open_pool(
 
 def _shared_weights(
     model_bytes: bytes, options: EngineOptions, providers: sessions.Providers
-) -> sessions.SharedWeights | None:
+) -> SharedWeights | None:
     """The one copy of the weights that the engine's sessions share, where asked and where it
     helps: on CUDA, with more than one session. A copy that cannot be made on the GPU with
     ``device`` "auto" leaves each session its own (onnxruntime may still fall back to the CPU);
     with "cuda" it is an EngineError."""
-    device = sessions.shared_weights_device(providers)
+    device = shared_weights_device(providers)
     if not options.cuda_shared_weights or options.cuda_sessions < 2 or device is None:
         return None
     try:
-        return sessions.SharedWeights(model_bytes, device)
+        return SharedWeights(model_bytes, device)
     except EngineError as err:
         if options.device != "auto":
             raise

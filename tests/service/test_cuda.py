@@ -152,7 +152,8 @@ def test_cuda_sessions_sharing_weights_hold_one_copy_on_the_gpu() -> None:
 
     import onnxruntime as ort
 
-    from service.core.sessions import SharedWeights, session_setup
+    from service.core.sessions import session_setup
+    from service.core.shared_weights import SharedWeights
     from tests.service.test_shared_weights import big_add_model
 
     def used_mib() -> int:

@@ -1,4 +1,4 @@
-"""Sessions sharing one copy of the weights (``sessions.SharedWeights``): onnxruntime uses the
+"""Sessions sharing one copy of the weights (``shared_weights.SharedWeights``): onnxruntime uses the
 given values in place of the file's, the sessions answer as sessions with their own copies, and
 the engine shares only where asked, on CUDA, with more than one session."""
 
@@ -14,10 +14,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import service.core.sessions as sessions_module
+import service.core.engine as engine_module
 from model_store import ModelStore
 from service.core.engine import Engine, EngineOptions
-from service.core.sessions import CPU, EngineError, SharedWeights, shared_weights_device
+from service.core.sessions import CPU, EngineError
+from service.core.shared_weights import SharedWeights, shared_weights_device
 from service.settings import Settings
 
 WEIGHT_SIDE = 4096  # one float32 initializer of 64 MiB: sessions' own copies show in RSS
@@ -209,7 +210,7 @@ def test_a_cpu_engine_never_shares(service_store: ModelStore) -> None:
 @pytest.fixture
 def cuda_path(sessions_report_cuda: list[object], monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's CUDA path on CPU sessions: they report CUDA, and weights go to the CPU."""
-    monkeypatch.setattr(sessions_module, "shared_weights_device", lambda providers: "cpu")
+    monkeypatch.setattr(engine_module, "shared_weights_device", lambda providers: "cpu")
 
 
 def test_a_cuda_engine_shares_its_weights_over_its_sessions(
