@@ -182,6 +182,12 @@ class Engine:
         """Whether the sessions use one copy of the weights (``SharedWeights``)."""
         return self._weights is not None
 
+    @property
+    def shared_weights_read(self) -> bool:
+        """Whether those sessions needed the file all the same (``SharedWeights.reads_weights``:
+        a graph optimiser rewrote weights into each session)."""
+        return self._weights is not None and self._weights.reads_weights
+
     def scores(self, batch: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Class score maps ``(N, K, h, w)`` as float32 for a float32 batch ``(N, 3, H, W)``
         (a localization entry's box maps ``(N, 4K or 4, h, w)``: its ``onnx.output``), run

@@ -341,6 +341,8 @@ class Registry:
             with self._lock:
                 self._models[name] = engine
             weights = ", one copy of the weights" if engine.shared_weights else ""
+            if engine.shared_weights_read:  # the graph optimiser rewrote weights per session
+                weights += ", read by each session's optimiser"
             log.info(
                 "loaded %s on %s (%d session(s)%s)", name, engine.provider, engine.sessions, weights
             )

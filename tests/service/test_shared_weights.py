@@ -222,6 +222,8 @@ def test_a_cuda_engine_shares_its_weights_over_its_sessions(
         entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2, cuda_shared_weights=True)
     )
     assert not plain.shared_weights and shared.shared_weights and shared.sessions == 3
+    # These CPU sessions lay convolutions out as NCHWc, which reads the weights: given the file.
+    assert shared.shared_weights_read and not plain.shared_weights_read
     for shape in [(3, 3, 224, 256), (1, 3, 256, 224), (2, 3, 288, 288)]:
         x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
         np.testing.assert_allclose(shared.scores(x), plain.scores(x), atol=1e-5)
