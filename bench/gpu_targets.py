@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.suites.stream import bare_limit
+
 MIXED, BARE, FP16, OVERHEAD = 0.9, 0.5, 1.5, 1.5
 SETTINGS_SHOWN = (
     "VERYDEEP_CUDA_SHARED_WEIGHTS", "VERYDEEP_CUDA_SESSIONS", "VERYDEEP_MAX_CONCURRENCY",
@@ -102,13 +104,6 @@ def stream_rows(run: Run) -> list[Row]:
 
 def _mixed_ratio(level: dict) -> float:
     return level["mixed"]["network_mpix_per_s"] / level["single"]["network_mpix_per_s"]
-
-
-def bare_limit(mixed: dict, bare: dict[str, dict]) -> float:
-    """Images/s of the bare calls at the stream's pixel mix (as ``bench.suites.stream``'s
-    figure): each member spends its share of an image's network pixels at its own bare rate."""
-    share = mixed["network_mpix_per_image"] / len(bare)
-    return 1 / sum(share / b["mpix_per_s"] for b in bare.values())
 
 
 def fp16_rows(runs: list[Run]) -> list[Row]:

@@ -278,10 +278,8 @@ def stream_figure(choice: str, clients: int, mixed: dict, alone: dict, names: li
 def bare_figure(
     choice: str, clients: int, mixed: dict, bare: dict[str, dict], names: list[str]
 ) -> Figure:
-    """The stream against the bare limit: each member spends its share of an image's network
-    pixels at its own bare rate, so the limit is one image over the sum of those times."""
-    share = mixed["network_mpix_per_image"] / len(bare)
-    limit = 1 / sum(share / b["mpix_per_s"] for b in bare.values())
+    """The stream against the bare limit (``bare_limit``)."""
+    limit = bare_limit(mixed, bare)
     views = next(iter(bare.values()))["views_per_call"]
     return Figure(
         benchmark=NAME,
@@ -295,6 +293,14 @@ def bare_figure(
         ratio_label="stream/bare",
         note="the GPU target is >= 0.5 (docs/benchmarks.md)",
     )
+
+
+def bare_limit(mixed: dict, bare: dict[str, dict]) -> float:
+    """Images/s of bare calls at the stream's pixel mix: each member spends its share of an
+    image's network pixels at its own bare rate, so the limit is one image over the sum of
+    those times."""
+    share = mixed["network_mpix_per_image"] / len(bare)
+    return 1 / sum(share / b["mpix_per_s"] for b in bare.values())
 
 
 def process_cpu_s(pid: int | None) -> float:
