@@ -43,6 +43,10 @@ class Run:
     benchmarks: dict
     figures: list[dict]
 
+    @property
+    def source(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name}"
+
     @classmethod
     def read(cls, path: Path) -> Run | None:
         try:
@@ -71,6 +75,7 @@ class Row:
     what: str
     value: float
     goal: float
+    source: str  # the result file(s) it comes from
 
     @property
     def verdict(self) -> str:
@@ -94,11 +99,12 @@ def stream_rows(run: Run) -> list[Row]:
         Row("mixed" + (" (ensemble)" if ensemble else ""), run.config, run.dtype,
             f"{tag}: stream/one size, worst of {len(levels)} levels "
             f"({worst['clients']} clients: {worst['mixed']['images_per_s']:.1f} img/s)",
-            _mixed_ratio(worst), MIXED),
+            _mixed_ratio(worst), MIXED, run.source),
         Row("bare" + (" (ensemble)" if ensemble else ""), run.config, run.dtype,
             f"{tag}: stream/bare limit at {most['clients']} clients "
             f"({most['mixed']['images_per_s']:.1f} img/s)",
-            most["mixed"]["images_per_s"] / bare_limit(most["mixed"], stream["bare"]), BARE),
+            most["mixed"]["images_per_s"] / bare_limit(most["mixed"], stream["bare"]), BARE,
+            run.source),
     ]  # fmt: skip
 
 
@@ -108,7 +114,7 @@ def _mixed_ratio(level: dict) -> float:
 
 def fp16_rows(runs: list[Run]) -> list[Row]:
     """Target 3: float16 against float32 at each Q, for each configuration measured in both."""
-    best: dict[tuple[str, str, str], float] = {}
+    best: dict[tuple[str, str, str], tuple[float, str]] = {}
     for run in runs:
         stream = run.benchmarks.get("stream") or {}
         if "," in str(stream.get("model", "")):
@@ -116,13 +122,14 @@ def fp16_rows(runs: list[Run]) -> list[Row]:
         for q in {lv["scales"] for lv in stream.get("levels", [])}:
             most = max((lv for lv in stream["levels"] if lv["scales"] == q),
                        key=lambda lv: lv["clients"])  # fmt: skip
-            best[(run.config, q, run.dtype)] = most["mixed"]["images_per_s"]
+            best[(run.config, q, run.dtype)] = most["mixed"]["images_per_s"], run.source
     rows = []
-    for (config, q, dtype), fp32 in sorted(best.items()):
-        fp16 = best.get((config, q, "float16"))
-        if dtype == "float32" and fp16 is not None:
+    for (config, q, dtype), (fp32, fp32_source) in sorted(best.items()):
+        if dtype == "float32" and (config, q, "float16") in best:
+            fp16, fp16_source = best[(config, q, "float16")]
             rows.append(Row("fp16", config, "both", f"Q={q}: float16 {fp16:.1f} / float32 "
-                            f"{fp32:.1f} img/s", fp16 / fp32, FP16))  # fmt: skip
+                            f"{fp32:.1f} img/s", fp16 / fp32, FP16,
+                            f"{fp16_source}, {fp32_source}"))  # fmt: skip
     return rows
 
 
@@ -135,7 +142,7 @@ def overhead_rows(run: Run) -> list[Row]:
             rows.append(Row("overhead", run.config, run.dtype,
                             f"/classify {figure['value']:.2f} ms against bare "
                             f"{figure['peer']:.2f} ms: {ratio:.2f}x (bare/API shown)",
-                            1 / ratio, 1 / OVERHEAD))  # fmt: skip
+                            1 / ratio, 1 / OVERHEAD, run.source))  # fmt: skip
     return rows
 
 
@@ -147,13 +154,13 @@ def collect(root: Path) -> list[Row]:
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| target | configuration | export | figure | value | goal | verdict |",
-        "|---|---|---|---|---:|---:|---|",
+        "| target | configuration | export | figure | value | goal | verdict | run |",
+        "|---|---|---|---|---:|---:|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r.target, r.config, r.dtype)):
         verdict = "info" if "ensemble" in r.target else r.verdict
         lines.append(f"| {r.target} | {r.config} | {r.dtype} | {r.what} | {r.value:.3f} | "
-                     f">= {r.goal:.3f} | {verdict} |")  # fmt: skip
+                     f">= {r.goal:.3f} | {verdict} | {r.source} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
