@@ -36,16 +36,18 @@ class Settings(BaseSettings):
     cuda_sessions: int = Field(
         4,
         ge=1,
-        description="onnxruntime sessions per model on CUDA, each kept for the input shapes it "
+        description="onnxruntime sessions per model on CUDA, each kept for the input shape it "
         "ran last (cuDNN chooses its algorithms again at every change of shape: tens of ms in "
-        "float32, up to a second in float16); each holds a copy of the weights on the GPU",
+        "float32, up to a second in float16); each holds a copy of the weights on the GPU, "
+        "unless CUDA_SHARED_WEIGHTS: then this is the most sessions, opened one per new input "
+        "shape",
     )
     cuda_shared_weights: bool = Field(
         False,
         description="the CUDA sessions of a model use one copy of its weights on the GPU "
-        "(onnxruntime's add_initializer), so that a session costs its activations only and "
-        "CUDA_SESSIONS can cover every input shape in flight; needs the onnx package (the cuda "
-        "extra); off until measured on a GPU",
+        "(onnxruntime's add_initializer), so that a session costs its activations only, opens "
+        "in milliseconds when a new input shape comes, and CUDA_SESSIONS can cover every shape "
+        "of the traffic; needs the onnx package (the cuda extra); off until measured on a GPU",
     )
     cudnn_conv_algo_search: ConvAlgoSearch = Field(
         "heuristic",

@@ -49,6 +49,7 @@ from bench.images import STREAM_SIZES  # noqa: E402
 from bench.models import TINY_D, VGG16, ensure_store  # noqa: E402
 from model_store.imaging import rescaled_size  # noqa: E402
 from service.core import sessions  # noqa: E402
+from service.core.session_pool import SessionPool  # noqa: E402
 from service.core.shared_weights import SharedWeights  # noqa: E402
 
 
@@ -121,7 +122,7 @@ def run_variant(kind: str, model_bytes: bytes, shapes: list, args) -> dict:
     made, keep = open_sessions(kind, len(shapes), model_bytes, args)
     opened_s = time.perf_counter() - started
     memory = device_memory(args.device) - before
-    pool = sessions.SessionPool(made) if kind == "pool4" else None
+    pool = SessionPool(made) if kind == "pool4" else None
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, 3, h, w), dtype=np.float32).astype(args.dtype)
               for h, w in shapes]  # fmt: skip

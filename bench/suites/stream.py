@@ -12,8 +12,14 @@ Peers in the same run:
 - torch eager (cuDNN on CUDA) on the same photos' dense views, one photo after the other, what a
   user would write (``eager_images_per_s``).
 
-Also reported per level: p50 and p99 latency, the server's CPU seconds per image, and on CUDA
-its GPU memory and nvidia-smi's utilisation while the level ran. With the mode's
+Before the timed levels of each choice of Q, every photo is sent once (``first_pass``): the
+levels measure a server that has seen its traffic's shapes, and what that first sight cost (on
+CUDA a cuDNN choice per new shape and session) is reported beside them.
+
+Also reported per level: p50 and p99 latency, the server's CPU seconds per image, the shape
+changes per network call (``verydeep_session_shape_changes_total``: on CUDA each is a cuDNN
+choice again) and the sessions open, and on CUDA the GPU memory and nvidia-smi's utilisation
+while the level ran. With the mode's
 ``stream_ensemble`` (``--stream-ensemble``) the requests ask for every served model as one
 ensemble (``model=vgg16,vgg19``); the bare limit is then the members' bare figures summed as the
 ensemble spends them (one image costs each member its pixels).
@@ -76,13 +82,14 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
     names = members(ctx)
     store = ctx.store()
     bare = {name: bare_pixels_per_s(ctx, store.read(name, verify=False)) for name in names}
-    figures, levels, eager = [], [], {}
+    figures, levels, eager, first = [], [], {}, {}
     nets = eager_nets(ctx)
     for choice in ctx.mode.stream_scales:
         scales = list(entry.manifest.test_scales) if choice == "default" else [int(choice)]
         params = {"model": ",".join(names), "flip": "true", "method": "dense"}
         if choice != "default":
             params["scales"] = choice
+        first[choice] = first_pass(ctx, server, paths, params)
         # Network pixels of one image, over the members (the ensemble's scales: its first's).
         work = [len(names) * network_pixels(s, scales, True) for s in images.STREAM_SIZES]
         for clients in ctx.mode.stream_levels:
@@ -100,10 +107,38 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         "model": ",".join(names),
         "bare": bare,
         "torch_eager": eager,
+        "first_pass": first,
         "levels": levels,
         "settings": {"batch_window_ms": ctx.settings().batch_window_ms},
     }
     return figures, details
+
+
+def first_pass(ctx: Context, server, paths: list[Path], params: dict[str, str]) -> dict:
+    """Every stream photo once, one after another, before the timed levels: a server that has
+    run for a while has seen its traffic's shapes, and on CUDA the first call of a shape in a
+    session costs a cuDNN choice of algorithms that later calls do not pay. What that first
+    sight cost is reported beside the levels (``first_pass`` in the details)."""
+    import httpx
+
+    calls, changes = network(server, ctx, "calls"), shape_changes(server, ctx)
+    started = time.perf_counter()
+    with httpx.Client(timeout=600) as client:
+        for path in paths:
+            response = client.post(
+                server.url + "/classify",
+                params=params,
+                content=path.read_bytes(),
+                headers={"content-type": "image/jpeg"},
+            )
+            response.raise_for_status()
+    return {
+        "photos": len(paths),
+        "seconds": time.perf_counter() - started,
+        "network_calls": network(server, ctx, "calls") - calls,
+        "shape_changes": shape_changes(server, ctx) - changes,
+        "sessions": per_model(server, ctx, "verydeep_sessions"),
+    }
 
 
 def level(
@@ -118,11 +153,13 @@ def level(
     requests = ctx.mode.stream_requests * max(1, clients // 2)
     cpu_before, calls_before = process_cpu_s(server.pid), network(server, ctx, "calls")
     views_before = network(server, ctx, "views")
+    changes_before = shape_changes(server, ctx)
     with machine.GpuUtilization() as utilization:
         raw = loadgen(server.url + "/classify", bodies, clients, requests, params)
     cpu_s = process_cpu_s(server.pid) - cpu_before
     calls = network(server, ctx, "calls") - calls_before
     views = network(server, ctx, "views") - views_before
+    changes = shape_changes(server, ctx) - changes_before
     ok = [r for r in raw["records"] if r["status"] == 200]
     if not ok:
         raise RuntimeError(f"no request succeeded: {raw['records'][:3]}")
@@ -143,6 +180,9 @@ def level(
         "server_cpu_s_per_image": cpu_s / len(ok),
         "network_calls": calls,
         "views_per_call": views / calls if calls else float("nan"),
+        # On CUDA each shape change makes cuDNN choose again: the cliff, counted (SessionPool).
+        "shape_changes_per_call": changes / calls if calls else float("nan"),
+        "sessions": per_model(server, ctx, "verydeep_sessions"),
     }
     if ctx.cuda:
         result["gpu_memory_mib"] = machine.gpu_memory_mib(server.pid)
@@ -152,9 +192,17 @@ def level(
 
 def network(server, ctx: Context, what: str) -> float:
     """``verydeep_network_{calls,views}_total`` of the stream's models so far."""
-    return sum(
-        server.metric(f'verydeep_network_{what}_total{{model="{name}"}}') for name in members(ctx)
-    )
+    return per_model(server, ctx, f"verydeep_network_{what}_total")
+
+
+def shape_changes(server, ctx: Context) -> float:
+    """``verydeep_session_shape_changes_total`` of the stream's models so far."""
+    return per_model(server, ctx, "verydeep_session_shape_changes_total")
+
+
+def per_model(server, ctx: Context, metric: str) -> float:
+    """The sum of ``metric{model=...}`` over the stream's models, now."""
+    return sum(server.metric(f'{metric}{{model="{name}"}}') for name in members(ctx))
 
 
 def loadgen(url: str, bodies: list[Path], clients: int, requests: int, params: dict) -> dict:
@@ -269,7 +317,9 @@ def stream_figure(choice: str, clients: int, mixed: dict, alone: dict, names: li
         note=(
             f"p50 {mixed['latency_ms']['p50']:.0f} / p99 {mixed['latency_ms']['p99']:.0f} ms; "
             f"server CPU {mixed['server_cpu_s_per_image']:.2f} s/image; "
-            f"{mixed['views_per_call']:.2f} views/call"
+            f"{mixed['views_per_call']:.2f} views/call; "
+            f"{mixed['shape_changes_per_call']:.2f} shape changes/call over "
+            f"{mixed['sessions']:.0f} session(s)"
         ),
         details={"mixed": mixed, "single": alone},
     )

@@ -18,7 +18,8 @@ from service.core import sessions
 from service.core.batching import Batcher
 from service.core.errors import InferenceFailed, UnsupportedModel
 from service.core.preprocess_graph import PreprocessGraph
-from service.core.sessions import CPU, CUDA, EngineError, SessionPool, cpu_run_slots
+from service.core.session_pool import SessionPool
+from service.core.sessions import CPU, CUDA, EngineError, cpu_run_slots
 from service.core.shared_weights import SharedWeights, shared_weights_device
 
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ class Engine:
     its own (see ``SessionPool``), all of them using one copy of the weights with
     ``cuda_shared_weights`` (see ``SharedWeights``). It pads every call that is not one
     request's whole batch (the chunks of a batch larger than ``max_batch``, and calls merged
-    across requests) to ``max_batch`` views: a shape of view then comes in few batch sizes,
-    each with its cuDNN plan (multi-crop's calls all have one shape).
+    across requests) to ``padded_views``: a shape of view then comes in few batch sizes, each
+    with its cuDNN plan, and the padding costs less than the views it pads.
 
     On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
     the process (see ``cpu_run_slots``): each call already spreads over every core.
@@ -111,6 +112,7 @@ class Engine:
         # models").
         self._dtype = np.dtype("float32" if onnx.dtype == "int8" else onnx.dtype)
         self.max_batch = options.max_batch
+        self._max_pixels = options.max_batch_pixels
         model_bytes, self.file_identity = _read_verified(entry)
         setup = functools.partial(
             sessions.session_setup,
@@ -174,8 +176,20 @@ class Engine:
 
     @property
     def sessions(self) -> int:
-        """How many onnxruntime sessions of the model are loaded."""
+        """How many onnxruntime sessions of the model are open now."""
         return len(self._sessions)
+
+    @property
+    def session_limit(self) -> int:
+        """The most sessions the model's pool holds (``SessionPool.size``): above ``sessions``
+        where shared-weight sessions open one per new input shape."""
+        return self._sessions.size
+
+    @property
+    def shape_changes(self) -> int:
+        """Calls given a session that last ran another input shape, since the warm-up (on CUDA
+        each makes cuDNN choose its algorithms again: ``SessionPool``)."""
+        return self._sessions.shape_changes
 
     @property
     def shared_weights(self) -> bool:
@@ -234,7 +248,9 @@ class Engine:
 
     def _run(self, batch: np.ndarray, merged: bool, *, output: str) -> np.ndarray:
         n = len(batch)
-        padded = self.max_batch if self._pad_chunks and merged else n
+        padded = n
+        if self._pad_chunks and merged:
+            padded = padded_views(n, self.max_batch, self._max_pixels // batch[0, 0].size)
         if padded > n:
             padding = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, padding])
@@ -273,6 +289,16 @@ class Engine:
         self.scores(np.zeros((self.max_batch, 3, 224, 224), dtype=np.float32))
         with self._count_lock:  # the counts are of requests' work
             self._calls = self._views = 0
+        self._sessions.reset_counts()
+
+
+def padded_views(views: int, max_batch: int, fit: int) -> int:
+    """The views a padded call runs for ``views`` real ones: the next power of two, at most
+    ``max_batch`` and at most the ``fit`` views of ``max_batch_pixels`` (never fewer than
+    ``views``). Every shape of view then comes in at most five batch sizes up to 10, each a
+    session and a cuDNN plan of its own, and padding never doubles a call's work: two merged
+    flip pairs at Q=512 run 4 views, not the 10 of ``max_batch``."""
+    return max(views, min(1 << (views - 1).bit_length(), max_batch, fit))
 
 
 def _open_pool(
@@ -281,9 +307,12 @@ def _open_pool(
     options: EngineOptions,
     setup: Callable[[], tuple[ort.SessionOptions, sessions.Providers]],
 ) -> tuple[SessionPool, SharedWeights | None]:
-    """The engine's sessions: one on the CPU, ``cuda_sessions`` on CUDA; where
-    ``_shared_weights`` gives one copy of the weights, they all use it and open its weightless
-    skeleton."""
+    """The engine's sessions: one on the CPU, up to ``cuda_sessions`` on CUDA. Sessions with
+    their own weights are all opened now (each costs a copy of the weights). Where
+    ``_shared_weights`` gives one copy, they all use it and open its weightless skeleton, and the
+    pool opens them as new input shapes come, up to ``cuda_sessions``: in milliseconds where
+    they read nothing, else in about half a second from the file, which is then kept in memory
+    for them (an optimiser that rewrites weights gives each session its own rewritten copy)."""
     session_options, providers = setup()
     weights = _shared_weights(model_bytes, options, providers)
 
@@ -295,11 +324,12 @@ def _open_pool(
     else:
         open_session = weights.opener(open_graph, lambda: setup()[0])
     first = open_session()
-    extra = options.cuda_sessions - 1 if first.get_providers()[0] == CUDA else 0
-    pool = SessionPool([first, *(open_session() for _ in range(extra))])
-    if weights is not None:
-        weights.release()  # no session opens with its options after this
-    return pool, weights
+    size = options.cuda_sessions if first.get_providers()[0] == CUDA else 1
+    if weights is None:
+        return SessionPool([first, *(open_session() for _ in range(size - 1))]), None
+    if not weights.reads_weights:
+        weights.release_file()  # the placeholder stays, for the sessions still to open
+    return SessionPool([first], size=size, open_more=open_session), weights
 
 
 def _shared_weights(

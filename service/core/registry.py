@@ -340,12 +340,7 @@ class Registry:
                 continue
             with self._lock:
                 self._models[name] = engine
-            weights = ", one copy of the weights" if engine.shared_weights else ""
-            if engine.shared_weights_read:  # the graph optimiser rewrote weights per session
-                weights += ", read by each session's optimiser"
-            log.info(
-                "loaded %s on %s (%d session(s)%s)", name, engine.provider, engine.sessions, weights
-            )
+            log.info("loaded %s on %s (%s)", name, engine.provider, _sessions_note(engine))
             if engine.int8_note:
                 log.warning("int8 model %s: %s", name, engine.int8_note)
 
@@ -401,3 +396,15 @@ class Registry:
         self._state = state
         if state == "failed":
             log.error("the service cannot serve: %s", problem)
+
+
+def _sessions_note(engine: Engine) -> str:
+    """How the start-up log describes a model's sessions."""
+    note = f"{engine.sessions} session(s)"
+    if engine.session_limit > engine.sessions:
+        note += f", up to {engine.session_limit} as new input shapes come"
+    if engine.shared_weights:
+        note += ", one copy of the weights"
+    if engine.shared_weights_read:  # the graph optimiser rewrote weights per session
+        note += ", read by each session's optimiser"
+    return note

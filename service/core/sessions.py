@@ -1,6 +1,7 @@
 """The onnxruntime environment the engines run in: session options and providers, CUDA's
-libraries and its presence, the process-wide CPU run slots, and a pool of sessions per model
-(whose sessions may share one copy of the weights: ``service.core.shared_weights``).
+libraries and its presence, and the process-wide CPU run slots (a model's sessions are a
+``service.core.session_pool.SessionPool``, which may share one copy of the weights:
+``service.core.shared_weights``).
 
 Kept apart from ``Engine`` (one model's calls) because it is about the process and the device:
 the benchmarks open their bare sessions with the very same ``session_setup``.
@@ -13,7 +14,6 @@ import functools
 import logging
 import os
 import threading
-from collections import OrderedDict
 
 import onnxruntime as ort
 
@@ -28,46 +28,6 @@ CPU = "CPUExecutionProvider"
 
 class EngineError(Exception):
     """The ONNX file could not be loaded as the manifest describes it, or not on the device."""
-
-
-class SessionPool:
-    """Sessions of one model, each kept for the input shapes it ran last.
-
-    onnxruntime's CUDA Conv keeps the cuDNN algorithm of the last input shape only: every change
-    of shape chooses again, which costs a VGG tens of milliseconds in float32 and up to a second
-    in float16 on an H100 (docs/gpu.md, "What the GPU figures say"), more than the network itself.
-    A dense request at three scales changes shape three times. With a session per shape (up to
-    the pool's size, least recently used first), a stream of same-sized photos never changes a
-    session's shape.
-    """
-
-    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
-        self._sessions = sessions
-        self._by_shape: OrderedDict[tuple[int, ...], int] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    @property
-    def first(self) -> ort.InferenceSession:
-        """One of the sessions (they are alike): for the provider and the graph's names."""
-        return self._sessions[0]
-
-    def for_shape(self, shape: tuple[int, ...]) -> ort.InferenceSession:
-        if len(self._sessions) == 1:
-            return self._sessions[0]
-        with self._lock:
-            index = self._by_shape.get(shape)
-            if index is None:
-                if len(self._by_shape) < len(self._sessions):
-                    index = len(self._by_shape)
-                else:
-                    _, index = self._by_shape.popitem(last=False)
-                self._by_shape[shape] = index
-            else:
-                self._by_shape.move_to_end(shape)
-            return self._sessions[index]
 
 
 @functools.cache

@@ -47,11 +47,13 @@ class SharedWeights:
       copying every referenced initializer into the session while it opens (0.6 s for
       VGG-16), and writes its result into each session.
 
-    onnxruntime keeps a pointer to that memory, not a copy, so ``release`` drops the file and
-    the placeholder once the sessions are open, and no session may be opened after it. The
-    values must outlive every session that uses them: the engine keeps this object as long as
-    its sessions. Reading the initializers needs the ``onnx`` package (the ``cuda`` extra),
-    imported here only: serving without shared weights does not need it.
+    onnxruntime keeps a pointer to that memory, not a copy, so the file stays while sessions
+    that need it may still be opened (``SessionPool`` opens one per new input shape); where the
+    sessions read nothing, ``release_file`` drops it and keeps the placeholder, and ``release``
+    drops both once no session will open any more. The values must outlive every session that
+    uses them: the engine keeps this object as long as its sessions. Reading the initializers
+    needs the ``onnx`` package (the ``cuda`` extra), imported here only: serving without shared
+    weights does not need it.
     """
 
     FILE_NAME = "model.onnx"  # the file the skeleton's weights refer to
@@ -124,13 +126,21 @@ class SharedWeights:
                 try:
                     return open_graph(self.skeleton, fast)
                 except EngineError as err:
+                    if self._file is None:  # released: there is nothing else to read
+                        raise
                     log.info("opening without the weights failed (%s): given the file", err)
-                    with_file.append(new_options())
-                    self.add_to(with_file[0], file=True)
+                    options = new_options()
+                    self.add_to(options, file=True)
+                    with_file.append(options)
                     self.reads_weights = True
             return open_graph(self.skeleton, with_file[0])
 
         return open_one
+
+    def release_file(self) -> None:
+        """Let go of the model file, keeping the placeholder: sessions that read nothing may
+        still be opened (``SessionPool`` opens one per new input shape)."""
+        self._file = None
 
     def release(self) -> None:
         """Let go of the model file and the placeholder once every session is open

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -62,8 +62,9 @@ class Metrics:
         self.ready = Gauge("verydeep_ready", "1 once every model is loaded", registry=self.registry)
 
     def watch_network(self, engines: Callable[[], Mapping[str, NetworkCounts]]) -> None:
-        """Serve ``verydeep_network_calls_total`` and ``verydeep_network_views_total`` per model
-        from the engines' own counts, read at every scrape."""
+        """Serve ``verydeep_network_calls_total``, ``verydeep_network_views_total``,
+        ``verydeep_session_shape_changes_total`` and ``verydeep_sessions`` per model from the
+        engines' own counts, read at every scrape."""
         self.registry.register(_NetworkCollector(engines))
 
     def observe_phases(self, **seconds: float) -> None:
@@ -81,6 +82,12 @@ class NetworkCounts(Protocol):
     @property
     def network_views(self) -> int: ...
 
+    @property
+    def shape_changes(self) -> int: ...
+
+    @property
+    def sessions(self) -> int: ...
+
 
 class _NetworkCollector(Collector):
     def __init__(self, engines: Callable[[], Mapping[str, NetworkCounts]]) -> None:
@@ -97,8 +104,19 @@ class _NetworkCollector(Collector):
             "Views computed by the network since ready, by model, each once (padding not counted)",
             labels=["model"],
         )
+        changes = CounterMetricFamily(
+            "verydeep_session_shape_changes",
+            "Network calls since ready given a session that last ran another input shape, by "
+            "model (on CUDA each makes cuDNN choose its convolution algorithms again; on the CPU "
+            "they cost nothing)",
+            labels=["model"],
+        )
+        sessions = GaugeMetricFamily(
+            "verydeep_sessions", "onnxruntime sessions open, by model", labels=["model"]
+        )
         for name, engine in sorted(self._engines().items()):
             calls.add_metric([name], engine.network_calls)
             views.add_metric([name], engine.network_views)
-        yield calls
-        yield views
+            changes.add_metric([name], engine.shape_changes)
+            sessions.add_metric([name], engine.sessions)
+        yield from (calls, views, changes, sessions)

@@ -369,6 +369,9 @@ def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Non
         "photo stream against the bare limit",
         "photo stream against torch eager",
     ]
+    first = details["first_pass"]["256"]  # every photo once, a flip pair at Q=256 each
+    assert first["photos"] == len(sizes) and first["network_calls"] == len(sizes)
+    assert first["seconds"] > 0 and first["sessions"] == 1
     eager = details["torch_eager"]["256"]
     assert eager["photos"] == len(sizes) and eager["images_per_s"] > 0
     assert figures[-1].ratio == pytest.approx(
@@ -382,6 +385,9 @@ def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Non
     # one size only: its network pixels per image are those of 1024x768 at Q=256 with flip
     single = details["levels"][0]["single"]
     assert single["network_mpix_per_image"] == pytest.approx(2 * 341 * 256 / 1e6)
+    # one CPU session; one shape, so at most the first call changes it (from the mixed level's)
+    assert single["sessions"] == 1
+    assert single["shape_changes_per_call"] * single["network_calls"] <= 1
     assert figures[0].ratio == pytest.approx(
         details["levels"][0]["mixed"]["network_mpix_per_s"] / single["network_mpix_per_s"]
     )

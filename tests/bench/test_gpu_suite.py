@@ -83,7 +83,7 @@ def test_the_suite_runs_through_on_the_cpu(tmp_path: Path) -> None:
     assert len(steps) >= 14 and all(status == "0" for _, status, _ in steps), steps
     with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
         names = packed.getnames()
-    assert any(n.endswith("shared16/" + Path(n).name) and n.endswith(".json") for n in names)
+    assert any(n.endswith("shared/" + Path(n).name) and n.endswith(".json") for n in names)
     assert any("new-shape-cpu.json" in n for n in names)
     # The targets, judged from what ran (bench/gpu_targets.py), come back beside them.
     targets = (tmp_path / "out" / "targets.md").read_text()

@@ -191,6 +191,9 @@ def test_classify_answers_do_not_depend_on_who_shared_the_call(
     network_views = metric(text, 'verydeep_network_views_total{model="tiny-d"}')
     assert network_views == 8 * 3 * 2  # 8 requests, 3 test scales, a flip pair each
     assert calls < 8 * 3  # some requests shared their calls
+    # One CPU session runs every shape: the three scales' shapes in turn change it.
+    assert metric(text, 'verydeep_sessions{model="tiny-d"}') == 1
+    assert 8 <= metric(text, 'verydeep_session_shape_changes_total{model="tiny-d"}') <= calls
 
 
 def classify(client: TestClient, photo: bytes) -> list[dict]:

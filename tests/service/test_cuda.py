@@ -130,18 +130,20 @@ def test_int8_on_cuda_is_measured_against_the_cpu(tmp_path_factory: pytest.TempP
 
 def test_cuda_sessions_sharing_weights_answer_alike(store: ModelStore) -> None:
     """VERYDEEP_CUDA_SHARED_WEIGHTS (docs/gpu.md, "Sessions sharing one copy of the weights"):
-    four CUDA sessions on one copy answer as four with their own."""
+    four CUDA sessions on one copy, opened one per new shape, answer as four with their own."""
     from service.core.engine import Engine, EngineOptions
 
     entry = store.read("full")
     own = Engine(entry, EngineOptions(device="cuda", cuda_sessions=4, max_batch=4))
     options = EngineOptions(device="cuda", cuda_sessions=4, max_batch=4, cuda_shared_weights=True)
     shared = Engine(entry, options)
-    assert shared.shared_weights and shared.sessions == 4 and shared.provider == CUDA
+    assert shared.shared_weights and shared.provider == CUDA and shared.session_limit == 4
+    assert shared.sessions == 1
     rng = np.random.default_rng(4)
     for shape in [(2, 3, 256, 320), (2, 3, 320, 256), (1, 3, 288, 384), (2, 3, 224, 448)]:
         batch = rng.standard_normal(shape, dtype=np.float32)
         np.testing.assert_allclose(shared.scores(batch), own.scores(batch), rtol=1e-4, atol=1e-4)
+    assert shared.sessions == 4 and shared.shape_changes == 0
 
 
 def test_cuda_sessions_sharing_weights_hold_one_copy_on_the_gpu() -> None:

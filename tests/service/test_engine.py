@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from model_store import ModelStore
-from service.core.engine import Engine, EngineOptions
+from service.core.engine import Engine, EngineOptions, padded_views
 from service.core.protocol import Cancelled
-from service.core.sessions import CPU, EngineError, SessionPool, cpu_run_slots, cuda_usable
+from service.core.session_pool import SessionPool
+from service.core.sessions import CPU, EngineError, cpu_run_slots, cuda_usable
 from tests.service.helpers import settings_for
 
 
@@ -84,12 +85,12 @@ def test_large_batches_run_in_chunks_of_max_batch(service_store: ModelStore) -> 
     assert calls == [3, 3, 1]
 
 
-def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> None:
-    """On CUDA the last chunk is padded with zeros, so that every call has one shape; the
-    padding's scores are dropped."""
+def test_padded_chunks_run_a_power_of_two_of_views(service_store: ModelStore) -> None:
+    """On CUDA the last chunk is padded with zeros to a power of two of views (``padded_views``),
+    so that calls come in few shapes; the padding's scores are dropped."""
     entry = service_store.read("tiny-d")
     whole = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=50))
-    padded = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=3))
+    padded = Engine(entry, EngineOptions(device="cpu", intra_op_threads=1, max_batch=4))
     padded._pad_chunks = True  # what a CUDA engine sets
     calls: list[int] = []
     record_call_sizes(padded, calls)
@@ -97,7 +98,15 @@ def test_padded_chunks_all_have_max_batch_views(service_store: ModelStore) -> No
     scores = padded.scores(batch)
     assert scores.shape == (7, 5, 1, 1)
     np.testing.assert_allclose(scores, whole.scores(batch), rtol=1e-5, atol=1e-6)
-    assert calls == [3, 3, 3]
+    assert calls == [4, 4]  # 4 and 3, the 3 padded to 4
+    assert padded.network_views == 7
+
+
+def test_padding_goes_to_the_next_power_of_two_within_the_limits() -> None:
+    assert [padded_views(n, 10, 100) for n in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 10, 10]
+    assert padded_views(3, 3, 100) == 3  # never beyond max_batch
+    # never beyond the views that MAX_BATCH_PIXELS holds, nor below the real ones
+    assert padded_views(5, 10, 6) == 6 and padded_views(5, 10, 2) == 5
 
 
 def test_cpu_engine_holds_one_session_whatever_cuda_sessions_says(
@@ -105,24 +114,6 @@ def test_cpu_engine_holds_one_session_whatever_cuda_sessions_says(
 ) -> None:
     engine = Engine(service_store.read("tiny-d"), EngineOptions(device="cpu", cuda_sessions=4))
     assert engine.sessions == 1 and not engine._pad_chunks
-
-
-def test_session_pool_keeps_a_session_per_shape_least_recently_used_first() -> None:
-    a, b, c = object(), object(), object()
-    pool = SessionPool([a, b, c])  # type: ignore[list-item]
-    assert [pool.for_shape(s) for s in [(1,), (2,), (1,), (3,), (2,)]] == [a, b, a, c, b]
-    # A fourth shape takes the least recently used session: (1,)'s.
-    assert pool.for_shape((4,)) is a
-    assert pool.for_shape((3,)) is c and pool.for_shape((2,)) is b
-    # (1,) lost its session; it takes the least recently used one now, (4,)'s.
-    assert pool.for_shape((1,)) is a
-    assert len(pool) == 3
-
-
-def test_a_pool_of_one_session_serves_every_shape() -> None:
-    only = object()
-    pool = SessionPool([only])  # type: ignore[list-item]
-    assert all(pool.for_shape((n, 3, 224, 224)) is only for n in range(1, 6))
 
 
 class TrackedSession:

@@ -221,12 +221,49 @@ def test_a_cuda_engine_shares_its_weights_over_its_sessions(
     shared = Engine(
         entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2, cuda_shared_weights=True)
     )
-    assert not plain.shared_weights and shared.shared_weights and shared.sessions == 3
-    # These CPU sessions lay convolutions out as NCHWc, which reads the weights: given the file.
+    assert not plain.shared_weights and shared.shared_weights and plain.sessions == 3
+    # These CPU sessions lay convolutions out as NCHWc, which reads the weights: given the file,
+    # kept for the sessions that open as new shapes come.
     assert shared.shared_weights_read and not plain.shared_weights_read
-    for shape in [(3, 3, 224, 256), (1, 3, 256, 224), (2, 3, 288, 288)]:
+    assert shared.sessions == 1 and shared.session_limit == 3
+    shapes = [(2, 3, 224, 256), (1, 3, 256, 224), (2, 3, 288, 288)]
+    for count, shape in zip([1, 2, 3], shapes, strict=True):
         x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
         np.testing.assert_allclose(shared.scores(x), plain.scores(x), atol=1e-5)
+        assert shared.sessions == count
+
+
+def test_sessions_that_read_nothing_open_one_per_new_shape(
+    service_store: ModelStore, cuda_path: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the sessions read no weight (no NCHWc layout: ORT_ENABLE_EXTENDED), the engine
+    opens one session now and one per new input shape, up to ``cuda_sessions``."""
+    import service.core.sessions as sessions_module
+
+    real_setup = sessions_module.session_setup
+
+    def extended(*args: object, **kwargs: object) -> tuple[ort.SessionOptions, object]:
+        options, providers = real_setup(*args, **kwargs)  # type: ignore[arg-type]
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        return options, providers
+
+    monkeypatch.setattr(sessions_module, "session_setup", extended)
+    entry = service_store.read("tiny-d")
+    plain = Engine(entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2))
+    shared = Engine(
+        entry, EngineOptions(device="cpu", cuda_sessions=3, max_batch=2, cuda_shared_weights=True)
+    )
+    assert plain.sessions == 3 and plain.session_limit == 3
+    assert shared.shared_weights and not shared.shared_weights_read
+    assert shared.sessions == 1 and shared.session_limit == 3
+    shapes = [(1, 3, 224, 256), (1, 3, 256, 224), (2, 3, 288, 288), (1, 3, 224, 256)]
+    for count, shape in zip([1, 2, 3, 3], shapes, strict=True):
+        x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(shared.scores(x), plain.scores(x), atol=1e-5)
+        assert shared.sessions == count
+    assert shared.shape_changes == 0
+    shared.scores(np.zeros((1, 3, 320, 224), dtype=np.float32))  # a fourth shape: full
+    assert shared.sessions == 3 and shared.shape_changes == 1
 
 
 def test_one_session_needs_no_shared_copy(service_store: ModelStore, cuda_path: None) -> None:

@@ -21,6 +21,7 @@ import pytest
 from model_store import ModelStore
 from service.core import protocol
 from service.core.registry import Registry
+from service.core.session_pool import SessionPool
 from service.http.app import create_app
 from tests.service.helpers import TestClient, encode, sample_image, settings_for
 
@@ -158,9 +159,8 @@ def test_onnxruntime_failure_is_a_503_and_the_next_request_succeeds(
 ) -> None:
     client = make_client(retry_after=4)
     engine = registry.models["tiny-e"]
-    pool = engine._sessions
-    failing = [FailingSession(s, 1, ORT_ERRORS[error]) for s in pool._sessions]
-    monkeypatch.setattr(pool, "_sessions", failing)
+    failing = FailingSession(engine._sessions.first, 1, ORT_ERRORS[error])
+    monkeypatch.setattr(engine, "_sessions", SessionPool([failing]))  # type: ignore[list-item]
     failed = client.post(
         "/classify",
         params={"model": "tiny-de", "scales": "224"},
