@@ -230,7 +230,7 @@ def difference(x: np.ndarray, ref: np.ndarray, p: Preprocessing) -> tuple[float,
     return round(float(d.max()), 4), round(float((d > 0.5).mean()), 6)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="the JSON file to write")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -252,36 +252,125 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the posteriors of a random-weight tiny D (exported with torch, the train extra)",
     )
     args = parser.parse_args(argv)
-    repeats = args.repeats or (20 if args.device == "cuda" else 5)
-    sizes = (
+    args.repeats = args.repeats or (20 if args.device == "cuda" else 5)
+    args.sizes = (
         [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
         if args.sizes
         else list(STREAM_SIZES)
     )
-    scales = [int(q) for q in args.scales.split(",")]
-    started = time.perf_counter()
+    args.scales = [int(q) for q in args.scales.split(",")]
+    return args
 
+
+def open_models(args: argparse.Namespace) -> tuple[dict, str | None]:
+    """The models whose posteriors are compared, ``{name: (engine, what)}``, the first the
+    store's; and why the random-weight VGG is missing, if it is."""
     from service.core.engine import EngineOptions, open_engine
-    from service.core.protocol import dense_views
 
     engine = open_engine(ModelStore(args.store), args.model, EngineOptions(device=args.device))
-    p = engine.manifest.preprocessing
     engines = {args.model: (engine, f"{args.store.name}/{args.model}")}
-    random_vgg_error = None
-    if not args.no_random_vgg:
+    if args.no_random_vgg:
+        return engines, None
+    try:
+        engines[RANDOM_VGG] = (random_vgg(args.device), RANDOM_VGG_NOTE)
+    except Exception as err:  # no torch, or the tests' helpers missing
+        return engines, f"{type(err).__name__}: {err}"[:2000]
+    return engines, None
+
+
+def graph_figures(graphs: dict, graph_info: dict, image, q: int, p, ref, repeats: int):
+    """Each graph variant's time and difference from Pillow (``ref``) for ``image`` at ``q``, and
+    its network inputs; a variant that fails to run is dropped from ``graphs`` with its error."""
+    row, inputs = {}, {}
+    for variant in VARIANTS:
+        row.update({f"graph_{variant}_{k}": None for k in ("ms", "max_diff", "frac_off")})
+        graph = graphs[variant]
+        if graph is None:
+            continue
         try:
-            engines[RANDOM_VGG] = (random_vgg(args.device), RANDOM_VGG_NOTE)
-        except Exception as err:  # no torch, or the tests' helpers missing
-            random_vgg_error = f"{type(err).__name__}: {err}"[:2000]
+            x = graph.rescaled_input(image, q, p)  # warm-up, and the output compared
+        except pg.PreprocessFailed as err:
+            where = f"run at {image.width}x{image.height} Q={q}"
+            graph_info[variant]["error"] = f"{where}: {err}"[:2000]
+            graphs[variant] = None
+            continue
+        row[f"graph_{variant}_ms"] = median_ms(repeats, graph_path, graph, image, q, p)
+        row[f"graph_{variant}_max_diff"], row[f"graph_{variant}_frac_off"] = difference(x, ref, p)
+        inputs[variant] = x
+    return row, inputs
+
+
+def torch_figures(torch_run, image, size: tuple[int, int], p, ref, repeats: int) -> dict:
+    """The torch peer's times (on the device, and copied back) and difference from Pillow."""
+    keys = ("torch_ms", "torch_to_host_ms", "torch_max_diff", "torch_frac_off")
+    if torch_run is None:
+        return dict.fromkeys(keys)
+    pixels = np.asarray(image)
+    y = torch_run(pixels, size, p, True)
+    torch_run(pixels, size, p, False)
+    row = {
+        key: median_ms(repeats, torch_path, torch_run, image, size, p, to_host)
+        for key, to_host in (("torch_ms", False), ("torch_to_host_ms", True))
+    }
+    row["torch_max_diff"], row["torch_frac_off"] = difference(y, ref, p)
+    return row
+
+
+def summarise(rows: list[dict], posterior_rows: dict[str, list[dict]]) -> dict:
+    def ratio(key: str) -> float | None:
+        pairs = [(r["pillow_ms"], r[key]) for r in rows if r[key] is not None]
+        if not pairs:
+            return None
+        return round(sum(a for a, _ in pairs) / sum(b for _, b in pairs), 3)
+
+    def worst(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return max(values) if values else None
+
+    def total(key: str) -> float | None:
+        complete = rows and all(r[key] is not None for r in rows)
+        return round(sum(r[key] for r in rows), 2) if complete else None
+
+    graphs = [f"graph_{v}" for v in VARIANTS]
+    return {
+        "pillow_ms_total": round(sum(r["pillow_ms"] for r in rows), 2),
+        **{f"{k}_total": total(k) for k in (*(f"{g}_ms" for g in graphs), "torch_ms")},
+        "torch_to_host_ms_total": total("torch_to_host_ms"),
+        # Pillow's total time over the candidate's (> 1: the candidate is faster).
+        **{f"speedup_{k}": ratio(f"{k}_ms") for k in (*graphs, "torch", "torch_to_host")},
+        **{f"max_diff_{k}": worst(f"{k}_max_diff") for k in (*graphs, "torch")},
+        **{f"max_frac_off_{k}": worst(f"{k}_frac_off") for k in (*graphs, "torch")},
+        # Posteriors of every model checked (per model under "posteriors").
+        **posterior_summary([r for model_rows in posterior_rows.values() for r in model_rows]),
+    }
+
+
+def machine_info(device: str) -> dict:
+    return {
+        "slug": machine.slug(device),
+        "cpu": machine.cpu_model(),
+        "cores": len(__import__("os").sched_getaffinity(0)),
+        "gpus": machine.gpus() if device == "cuda" else [],
+        "load_average": machine.load_average(),
+        "python": platform.python_version(),
+        "versions": machine.versions(),
+        "onnxruntime_providers": ort.get_available_providers(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from service.core.protocol import dense_views
+
+    engines, random_vgg_error = open_models(args)
+    p = engines[args.model][0].manifest.preprocessing
     graphs, graph_info = open_graphs(args.device)
     torch_run, torch_info = torch_peer(args.device)
-
-    rows = []
-    posterior_rows = {name: [] for name in engines}
-    for index, (width, height) in enumerate(sizes):
+    rows, posterior_rows = [], {name: [] for name in engines}
+    for index, (width, height) in enumerate(args.sizes):
         image = photo(width, height, seed=index)
-        pixels = np.asarray(image)
-        for q in scales:
+        for q in args.scales:
             out_w, out_h = rescaled_size(width, height, q)
             row = {
                 "width": width,
@@ -291,49 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                 "out_height": out_h,
             }
             ref = to_input(rescale(image, q), p)
-            row["pillow_ms"] = median_ms(repeats, pillow_path, image, q, p)
-            graph_inputs = {}
-            for variant in VARIANTS:
-                graph = graphs[variant]
-                row.update(
-                    {
-                        f"graph_{variant}_ms": None,
-                        f"graph_{variant}_max_diff": None,
-                        f"graph_{variant}_frac_off": None,
-                    }
-                )
-                if graph is None:
-                    continue
-                try:
-                    x = graph.rescaled_input(image, q, p)  # warm-up, and the output compared
-                except pg.PreprocessFailed as err:
-                    graph_info[variant]["error"] = f"run at {width}x{height} Q={q}: {err}"[:2000]
-                    graphs[variant] = None
-                    continue
-                row[f"graph_{variant}_ms"] = median_ms(repeats, graph_path, graph, image, q, p)
-                row[f"graph_{variant}_max_diff"], row[f"graph_{variant}_frac_off"] = difference(
-                    x, ref, p
-                )
-                graph_inputs[variant] = x
-            if torch_run is not None:
-                y = torch_run(pixels, (out_h, out_w), p, True)
-                torch_run(pixels, (out_h, out_w), p, False)
-                for key, to_host in (("torch_ms", False), ("torch_to_host_ms", True)):
-                    row[key] = median_ms(
-                        repeats, torch_path, torch_run, image, (out_h, out_w), p, to_host
-                    )
-                row["torch_max_diff"], row["torch_frac_off"] = difference(y, ref, p)
-            else:
-                row.update(
-                    {
-                        "torch_ms": None,
-                        "torch_to_host_ms": None,
-                        "torch_max_diff": None,
-                        "torch_frac_off": None,
-                    }
-                )
+            row["pillow_ms"] = median_ms(args.repeats, pillow_path, image, q, p)
+            figures, graph_inputs = graph_figures(
+                graphs, graph_info, image, q, p, ref, args.repeats
+            )
+            row |= figures | torch_figures(torch_run, image, (out_h, out_w), p, ref, args.repeats)
             rows.append(row)
-
             for name, (model, _) in engines.items():
                 mp = model.manifest.preprocessing
                 if mp == p:
@@ -345,61 +397,16 @@ def main(argv: list[str] | None = None) -> int:
                     posterior_row(dense_views, model, model_ref, inputs, width, height, q)
                 )
         print(f"{width}x{height} done ({time.perf_counter() - started:.0f} s)", flush=True)
-
-    def ratio(key: str) -> float | None:
-        pairs = [(r["pillow_ms"], r[key]) for r in rows if r[key] is not None]
-        if not pairs:
-            return None
-        return round(sum(a for a, _ in pairs) / sum(b for _, b in pairs), 3)
-
-    def worst(key: str, rows=rows) -> float | None:
-        values = [r[key] for r in rows if r[key] is not None]
-        return max(values) if values else None
-
-    summary = {
-        "pillow_ms_total": round(sum(r["pillow_ms"] for r in rows), 2),
-        **{
-            f"{k}_total": (
-                round(sum(r[k] for r in rows), 2)
-                if rows and all(r[k] is not None for r in rows)
-                else None
-            )
-            for k in (*(f"graph_{v}_ms" for v in VARIANTS), "torch_ms", "torch_to_host_ms")
-        },
-        # Pillow's total time over the candidate's (> 1: the candidate is faster).
-        **{
-            f"speedup_{k}": ratio(f"{k}_ms")
-            for k in (*(f"graph_{v}" for v in VARIANTS), "torch", "torch_to_host")
-        },
-        **{
-            f"max_diff_{k}": worst(f"{k}_max_diff")
-            for k in (*(f"graph_{v}" for v in VARIANTS), "torch")
-        },
-        **{
-            f"max_frac_off_{k}": worst(f"{k}_frac_off")
-            for k in (*(f"graph_{v}" for v in VARIANTS), "torch")
-        },
-        # Posteriors of every model checked (per model under "posteriors").
-        **posterior_summary([r for model_rows in posterior_rows.values() for r in model_rows]),
-    }
+    summary = summarise(rows, posterior_rows)
     result = {
         "probe": "preprocess_graph_gpu",
         "device": args.device,
         "dry_run": args.device == "cpu",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "slug": machine.slug(args.device),
-            "cpu": machine.cpu_model(),
-            "cores": len(__import__("os").sched_getaffinity(0)),
-            "gpus": machine.gpus() if args.device == "cuda" else [],
-            "load_average": machine.load_average(),
-            "python": platform.python_version(),
-            "versions": machine.versions(),
-            "onnxruntime_providers": ort.get_available_providers(),
-        },
-        "repeats": repeats,
-        "scales": scales,
+        "machine": machine_info(args.device),
+        "repeats": args.repeats,
+        "scales": args.scales,
         "preprocessing": p.model_dump(),
         "graphs": graph_info,
         "torch": torch_info,

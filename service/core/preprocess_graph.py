@@ -86,96 +86,118 @@ def build_graph(resize_dtype: ResizeDtype = "uint8", layout: Layout = "nchw") ->
     ``(1, 3, H, W)`` (the layout image kernels most often expect), then reorders. The same
     inputs and output either way. Deterministic: the same ``onnx`` gives the same bytes."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     if resize_dtype not in ("uint8", "float32"):
         raise ValueError(f"resize_dtype must be 'uint8' or 'float32', not {resize_dtype!r}")
     if layout not in ("hwc", "nchw"):
         raise ValueError(f"layout must be 'hwc' or 'nchw', not {layout!r}")
-    node = helper.make_node
-    init = [
+    nodes, init = [], _constants()
+    if layout == "nchw":
+        nodes += _channels_first("pixels", "source")
+        source, height_axis, channel_axis = "source", 2, 1
+    else:
+        source, height_axis, channel_axis = "pixels", 0, 2
+    nodes += _resize(resize_dtype, source, height_axis, init)
+    # The channels are reordered after the resize (fewer values when it shrinks) and, in the
+    # uint8 variant, moved while still one byte each.
+    nodes.append(helper.make_node("Gather", ["resized", "order"], ["ordered"], axis=channel_axis))
+    batch = "ordered"
+    if layout == "hwc":
+        nodes += _channels_first("ordered", "batch")
+        batch = "batch"
+    nodes += _normalise(batch, cast=resize_dtype == "uint8")
+    model = _model(nodes, init, f"verydeep_preprocess_{resize_dtype}_{layout}")
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def _constants() -> list:
+    from onnx import TensorProto, helper
+
+    return [
         helper.make_tensor("first", TensorProto.INT64, [1], [0]),
         helper.make_tensor("second", TensorProto.INT64, [1], [1]),
         helper.make_tensor("per_channel", TensorProto.INT64, [4], [1, 3, 1, 1]),
     ]
-    nodes = []
-    if layout == "nchw":
-        nodes += [
-            node("Transpose", ["pixels"], ["planes"], perm=[2, 0, 1]),
-            node("Unsqueeze", ["planes", "first"], ["source"]),
-        ]
-        source, height_axis, channel_axis = "source", 2, 1
-    else:
-        source, height_axis, channel_axis = "pixels", 0, 2
-    width_axis = height_axis + 1
+
+
+def _channels_first(pixels: str, out: str) -> list:
+    """``(H, W, 3)`` to ``(1, 3, H, W)``."""
+    from onnx import helper
+
+    planes = "planes" if pixels == "pixels" else f"{pixels}_planes"
+    return [
+        helper.make_node("Transpose", [pixels], [planes], perm=[2, 0, 1]),
+        helper.make_node("Unsqueeze", [planes, "first"], [out]),
+    ]
+
+
+def _resize(resize_dtype: ResizeDtype, source: str, height_axis: int, init: list) -> list:
+    """Nodes from ``source`` to ``resized`` at ``size``; the float32 variant adds a constant to
+    ``init``."""
+    from onnx import TensorProto, helper
+
+    node, width_axis = helper.make_node, height_axis + 1
     if resize_dtype == "uint8":
-        nodes.append(
-            node(
-                "Resize",
-                [source, "", "", "size"],
-                ["resized"],
-                axes=[height_axis, width_axis],
-                **_RESIZE,
-            )
-        )
-    else:
-        init.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
-        nodes += [
-            node("Gather", ["size", "first"], ["out_height"]),
-            node("Gather", ["size", "second"], ["out_width"]),
-            node("Cast", [source], ["levels"], to=TensorProto.FLOAT),
-            # Pillow's order: the horizontal pass rounded to 8 bits, then the vertical one, each
-            # rounded half up as Pillow does (ONNX Round goes to even: more values 1 off). The
-            # filter's weights are positive and sum to 1, so no Clip is needed.
-            node("Resize", ["levels", "", "", "out_width"], ["wide"], axes=[width_axis], **_RESIZE),
-            node("Add", ["wide", "half"], ["wide_half"]),
-            node("Floor", ["wide_half"], ["wide_rounded"]),
-            node(
-                "Resize",
-                ["wide_rounded", "", "", "out_height"],
-                ["tall"],
-                axes=[height_axis],
-                **_RESIZE,
-            ),
-            node("Add", ["tall", "half"], ["tall_half"]),
-            node("Floor", ["tall_half"], ["resized"]),
-        ]
-    # The channels are reordered after the resize (fewer values when it shrinks) and, in the
-    # uint8 variant, moved while still one byte each.
-    nodes.append(node("Gather", ["resized", "order"], ["ordered"], axis=channel_axis))
-    if layout == "hwc":
-        nodes += [
-            node("Transpose", ["ordered"], ["ordered_planes"], perm=[2, 0, 1]),
-            node("Unsqueeze", ["ordered_planes", "first"], ["batch"]),
-        ]
-        batch = "batch"
-    else:
-        batch = "ordered"
-    if resize_dtype == "uint8":
+        axes = [height_axis, width_axis]
+        return [node("Resize", [source, "", "", "size"], ["resized"], axes=axes, **_RESIZE)]
+    init.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
+    return [
+        node("Gather", ["size", "first"], ["out_height"]),
+        node("Gather", ["size", "second"], ["out_width"]),
+        node("Cast", [source], ["levels"], to=TensorProto.FLOAT),
+        # Pillow's order: the horizontal pass rounded to 8 bits, then the vertical one, each
+        # rounded half up as Pillow does (ONNX Round goes to even: more values 1 off). The
+        # filter's weights are positive and sum to 1, so no Clip is needed.
+        node("Resize", ["levels", "", "", "out_width"], ["wide"], axes=[width_axis], **_RESIZE),
+        node("Add", ["wide", "half"], ["wide_half"]),
+        node("Floor", ["wide_half"], ["wide_rounded"]),
+        node(
+            "Resize",
+            ["wide_rounded", "", "", "out_height"],
+            ["tall"],
+            axes=[height_axis],
+            **_RESIZE,
+        ),
+        node("Add", ["tall", "half"], ["tall_half"]),
+        node("Floor", ["tall_half"], ["resized"]),
+    ]
+
+
+def _normalise(batch: str, *, cast: bool) -> list:
+    """``(pixel * scale - mean) / std`` of ``batch`` into the output, in float32 as
+    ``model_store.imaging.to_input`` computes it."""
+    from onnx import TensorProto, helper
+
+    node, nodes = helper.make_node, []
+    if cast:
         nodes.append(node("Cast", [batch], ["batch_float"], to=TensorProto.FLOAT))
         batch = "batch_float"
-    nodes += [
+    return [
+        *nodes,
         node("Reshape", ["mean", "per_channel"], ["mean_planes"]),
         node("Reshape", ["std", "per_channel"], ["std_planes"]),
-        # (pixel * scale - mean) / std, in float32 as model_store.imaging.to_input computes it.
         node("Mul", [batch, "scale"], ["scaled"]),
         node("Sub", ["scaled", "mean_planes"], ["centred"]),
         node("Div", ["centred", "std_planes"], [OUTPUT]),
     ]
+
+
+def _model(nodes: list, init: list, name: str):  # onnx.ModelProto
+    from onnx import TensorProto, helper
+
+    info = helper.make_tensor_value_info
     inputs = [
-        helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["height", "width", 3]),
-        helper.make_tensor_value_info("size", TensorProto.INT64, [2]),
-        helper.make_tensor_value_info("order", TensorProto.INT64, [3]),
-        helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1]),
-        helper.make_tensor_value_info("mean", TensorProto.FLOAT, [3]),
-        helper.make_tensor_value_info("std", TensorProto.FLOAT, [3]),
+        info("pixels", TensorProto.UINT8, ["height", "width", 3]),
+        info("size", TensorProto.INT64, [2]),
+        info("order", TensorProto.INT64, [3]),
+        info("scale", TensorProto.FLOAT, [1]),
+        info("mean", TensorProto.FLOAT, [3]),
+        info("std", TensorProto.FLOAT, [3]),
     ]
-    outputs = [
-        helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, 3, "out_height", "out_width"])
-    ]
-    graph = helper.make_graph(
-        nodes, f"verydeep_preprocess_{resize_dtype}_{layout}", inputs, outputs, initializer=init
-    )
+    outputs = [info(OUTPUT, TensorProto.FLOAT, [1, 3, "out_height", "out_width"])]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=init)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
@@ -186,8 +208,7 @@ def build_graph(resize_dtype: ResizeDtype = "uint8", layout: Layout = "nchw") ->
         ),
     )
     model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
+    return model
 
 
 @functools.cache
