@@ -98,7 +98,8 @@ def stream_rows(run: Run) -> list[Row]:
     return [
         Row("mixed" + (" (ensemble)" if ensemble else ""), run.config, run.dtype,
             f"{tag}: stream/one size, worst of {len(levels)} levels "
-            f"({worst['clients']} clients: {worst['mixed']['images_per_s']:.1f} img/s)",
+            f"({worst['clients']} clients: {worst['mixed']['images_per_s']:.1f} img/s"
+            f"{_changes(worst['mixed'])})",
             _mixed_ratio(worst), MIXED, run.source),
         Row("bare" + (" (ensemble)" if ensemble else ""), run.config, run.dtype,
             f"{tag}: stream/bare limit at {most['clients']} clients "
@@ -106,6 +107,13 @@ def stream_rows(run: Run) -> list[Row]:
             most["mixed"]["images_per_s"] / bare_limit(most["mixed"], stream["bare"]), BARE,
             run.source),
     ]  # fmt: skip
+
+
+def _changes(run: dict) -> str:
+    """The shape changes per call of a stream level, where its results have them (the cliff:
+    each a cuDNN choice again)."""
+    changes = run.get("shape_changes_per_call")
+    return "" if changes is None else f", {changes:.2f} shape changes/call"
 
 
 def _mixed_ratio(level: dict) -> float:

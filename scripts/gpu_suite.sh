@@ -72,9 +72,9 @@ install_wheels() {
 }
 
 if [[ ${DRY:-0} == 1 ]]; then
-  device=cpu model=tiny-d pair=tiny-d probe_model=(--model tiny)
+  device=cpu model=tiny-d pair=tiny-d probe_model=(--model tiny) repeats=2
 else
-  device=cuda model=vgg16 pair=vgg16,vgg19 probe_model=()
+  device=cuda model=vgg16 pair=vgg16,vgg19 probe_model=() repeats=5
   if [[ ${INSTALL:-1} == 1 ]]; then
     t0=$(date +%s)
     install_wheels >"$work/logs/install.log" 2>&1
@@ -129,7 +129,7 @@ step stream-q-fp16 120 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/share
   "${stream[@]}" --stream-scales 256,384,512
 # 5. Preprocessing on the GPU: the graph against Pillow, then through the stream.
 step preprocess-probe 120 "$python" bench/probes/preprocess_graph_gpu.py --device $device \
-  --repeats 5 "$results/$day-preprocess-graph-$device.json"
+  --repeats $repeats "$results/$day-preprocess-graph-$device.json"
 step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${bench[@]}" \
   --out "$results/shared-graph" "${stream[@]}" --stream-scales default
 # 6. Cross-request batching on the GPU: a window of 2 ms, 16 requests computing at once.

@@ -12,9 +12,9 @@ Peers in the same run:
 - torch eager (cuDNN on CUDA) on the same photos' dense views, one photo after the other, what a
   user would write (``eager_images_per_s``).
 
-Before the timed levels of each choice of Q, every photo is sent once (``first_pass``): the
-levels measure a server that has seen its traffic's shapes, and what that first sight cost (on
-CUDA a cuDNN choice per new shape and session) is reported beside them.
+On CUDA, before the timed levels of each choice of Q, every photo is sent once
+(``first_pass``): the levels measure a server that has seen its traffic's shapes, and what that
+first sight cost (a cuDNN choice per new shape and session) is reported beside them.
 
 Also reported per level: p50 and p99 latency, the server's CPU seconds per image, the shape
 changes per network call (``verydeep_session_shape_changes_total``: on CUDA each is a cuDNN
@@ -89,7 +89,8 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         params = {"model": ",".join(names), "flip": "true", "method": "dense"}
         if choice != "default":
             params["scales"] = choice
-        first[choice] = first_pass(ctx, server, paths, params)
+        if needs_first_pass(ctx):
+            first[choice] = first_pass(ctx, server, paths, params)
         # Network pixels of one image, over the members (the ensemble's scales: its first's).
         work = [len(names) * network_pixels(s, scales, True) for s in images.STREAM_SIZES]
         for clients in ctx.mode.stream_levels:
@@ -112,6 +113,13 @@ def run(ctx: Context) -> tuple[list[Figure], dict]:
         "settings": {"batch_window_ms": ctx.settings().batch_window_ms},
     }
     return figures, details
+
+
+def needs_first_pass(ctx: Context) -> bool:
+    """Whether the levels need the stream's shapes seen first: on CUDA only (a cuDNN choice per
+    new shape and session); on the CPU one session runs every shape with nothing to choose, so
+    a first pass would only cost time."""
+    return ctx.cuda
 
 
 def first_pass(ctx: Context, server, paths: list[Path], params: dict[str, str]) -> dict:
@@ -276,7 +284,7 @@ def eager_images_per_s(ctx: Context, nets: list, paths: list[Path], scales: list
             x = preprocessed(data, entry, q)
             pairs.append(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]])))
 
-    def one_pass() -> float:
+    def one_pass(pairs: list[np.ndarray]) -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             for pair in pairs:
@@ -284,8 +292,10 @@ def eager_images_per_s(ctx: Context, nets: list, paths: list[Path], scales: list
                     net(torch.from_numpy(pair).to(device, dtype)).float().cpu().numpy()
         return time.perf_counter() - started
 
-    one_pass()  # warm-up: cuDNN's choices per shape, the allocator
-    seconds = one_pass()
+    # Warm-up: on CUDA cuDNN's choice for every shape and the allocator; on the CPU, with
+    # nothing chosen per shape, one pair (a float16 pass of the stream takes a minute there).
+    one_pass(pairs if ctx.cuda else pairs[:1])
+    seconds = one_pass(pairs)
     return {"photos": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds}
 
 

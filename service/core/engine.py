@@ -85,11 +85,12 @@ class Engine:
     silent fallback from CUDA to CPU is never reported as CUDA.
 
     On CUDA the engine holds ``cuda_sessions`` sessions of the model and gives each input shape
-    its own (see ``SessionPool``), all of them using one copy of the weights with
-    ``cuda_shared_weights`` (see ``SharedWeights``). It pads every call that is not one
-    request's whole batch (the chunks of a batch larger than ``max_batch``, and calls merged
-    across requests) to ``padded_views``: a shape of view then comes in few batch sizes, each
-    with its cuDNN plan, and the padding costs less than the views it pads.
+    its own (see ``SessionPool``); with ``cuda_shared_weights`` they all use one copy of the
+    weights (see ``SharedWeights``) and open one per new input shape, up to ``cuda_sessions``.
+    It pads every call that is not one request's whole batch (the chunks of a batch larger
+    than ``max_batch``, and calls merged across requests) to ``padded_views``: a shape of view
+    then comes in few batch sizes, each with its cuDNN plan, and the padding costs less than
+    the views it pads.
 
     On the CPU at most ``cpu_parallel_runs`` network calls run at once, over every CPU engine of
     the process (see ``cpu_run_slots``): each call already spreads over every core.
@@ -139,16 +140,7 @@ class Engine:
         self._calls = self._views = 0
         self._count_lock = threading.Lock()
         wanted = [self._output, *([self.features_output] if self.features_output else [])]
-        self._batchers = {
-            output: Batcher(
-                functools.partial(self._run, output=output),
-                max_views=options.max_batch,
-                max_pixels=options.max_batch_pixels,
-                window_s=options.batch_window_ms / 1000,
-                slot=lambda: self._run_slots or contextlib.nullcontext(),
-            )
-            for output in wanted
-        }
+        self._batchers = {output: self._batcher(output, options) for output in wanted}
         inputs = [i.name for i in first.get_inputs()]
         outputs = [o.name for o in first.get_outputs()]
         if inputs != [self._input] or not set(wanted) <= set(outputs):
@@ -156,6 +148,16 @@ class Engine:
                 f"{entry.onnx_path.name} has inputs {inputs} and outputs {outputs}; the manifest "
                 f"says input {self._input!r} and outputs {wanted}"
             )
+
+    def _batcher(self, output: str, options: EngineOptions) -> Batcher:
+        """The calls of one output (requests asking for scores do not share features' calls)."""
+        return Batcher(
+            functools.partial(self._run, output=output),
+            max_views=options.max_batch,
+            max_pixels=options.max_batch_pixels,
+            window_s=options.batch_window_ms / 1000,
+            slot=lambda: self._run_slots or contextlib.nullcontext(),
+        )
 
     @property
     def name(self) -> str:

@@ -364,6 +364,7 @@ def test_smoke_stream(tiny_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(images, "STREAM_SIZES", sizes)
     mode = replace(SMOKE, stream_levels=(1, 2), stream_requests=3, stream_bare_views=2)
     monkeypatch.setattr(tiny_ctx, "mode", mode)
+    monkeypatch.setattr(stream, "needs_first_pass", lambda ctx: True)  # as on CUDA
     figures, details = stream.run(tiny_ctx)
     assert [f.label.split(",")[0] for f in figures] == ["photo stream"] * 2 + [
         "photo stream against the bare limit",

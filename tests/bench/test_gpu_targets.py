@@ -60,6 +60,7 @@ def test_mixed_is_the_worst_level_and_bare_the_most_clients(tmp_path: Path) -> N
     assert mixed.value == pytest.approx(0.85) and mixed.verdict == "MISS"
     assert mixed.config == "CUDA_SHARED_WEIGHTS=true CUDA_SESSIONS=16"
     assert mixed.dtype == "float32" and "8 clients" in mixed.what
+    assert "shape changes" not in mixed.what  # results from before they were counted
     (bare,) = rows_by(rows, "bare")
     # 40 images/s of 170/40 = 4.25 Mpix each, against 100 Mpix/s bare: 23.5 images/s limit.
     assert bare.value == pytest.approx(40.0 / (100.0 / 4.25)) and bare.verdict == "PASS"
@@ -125,3 +126,11 @@ def test_the_command_writes_the_table_and_fails_on_no_results(
     assert gpu_targets.main([str(tmp_path), "--out", str(out)]) == 0
     assert out.read_text() == capsys.readouterr().out
     assert "| mixed | defaults | float32 |" in out.read_text()
+
+
+def test_the_mixed_row_says_the_shape_changes_per_call(tmp_path: Path) -> None:
+    worst = level("default", 8, 170.0, 200.0, 40.0)
+    worst["mixed"]["shape_changes_per_call"] = 0.59
+    write_run(tmp_path / "pool4" / "a-cuda-fp32.json", levels=[worst])
+    (mixed,) = rows_by(gpu_targets.collect(tmp_path), "mixed")
+    assert "8 clients: 40.0 img/s, 0.59 shape changes/call" in mixed.what
