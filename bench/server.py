@@ -189,11 +189,18 @@ class Server:
 
     def metric(self, name: str) -> float:
         """The value of an unlabelled sample ``name`` on ``/metrics``."""
+        return self.metrics([name])[0]
+
+    def metrics(self, names: list[str]) -> list[float]:
+        """The values of the samples ``names`` (with their labels), from one scrape."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        if match is None:
-            raise LookupError(f"{name} not in /metrics")
-        return float(match.group(1))
+        values = []
+        for name in names:
+            match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+            if match is None:
+                raise LookupError(f"{name} not in /metrics")
+            values.append(float(match.group(1)))
+        return values
 
     def wait_idle(self, timeout: float = 10) -> None:
         """Until no request is admitted, queued or running (a leaked slot never gets there)."""

@@ -129,7 +129,7 @@ def first_pass(ctx: Context, server, paths: list[Path], params: dict[str, str]) 
     sight cost is reported beside the levels (``first_pass`` in the details)."""
     import httpx
 
-    calls, changes = network(server, ctx, "calls"), shape_changes(server, ctx)
+    before = counts(server, ctx)
     started = time.perf_counter()
     with httpx.Client(timeout=600) as client:
         for path in paths:
@@ -140,12 +140,13 @@ def first_pass(ctx: Context, server, paths: list[Path], params: dict[str, str]) 
                 headers={"content-type": "image/jpeg"},
             )
             response.raise_for_status()
+    seconds, after = time.perf_counter() - started, counts(server, ctx)
     return {
         "photos": len(paths),
-        "seconds": time.perf_counter() - started,
-        "network_calls": network(server, ctx, "calls") - calls,
-        "shape_changes": shape_changes(server, ctx) - changes,
-        "sessions": per_model(server, ctx, "verydeep_sessions"),
+        "seconds": seconds,
+        "network_calls": after["calls"] - before["calls"],
+        "shape_changes": after["shape_changes"] - before["shape_changes"],
+        "sessions": after["sessions"],
     }
 
 
@@ -159,15 +160,11 @@ def level(
 ) -> dict:
     """One closed-loop run of ``clients`` over ``bodies``: throughput, latency, CPU per image."""
     requests = ctx.mode.stream_requests * max(1, clients // 2)
-    cpu_before, calls_before = process_cpu_s(server.pid), network(server, ctx, "calls")
-    views_before = network(server, ctx, "views")
-    changes_before = shape_changes(server, ctx)
+    cpu_before, before = process_cpu_s(server.pid), counts(server, ctx)
     with machine.GpuUtilization() as utilization:
         raw = loadgen(server.url + "/classify", bodies, clients, requests, params)
-    cpu_s = process_cpu_s(server.pid) - cpu_before
-    calls = network(server, ctx, "calls") - calls_before
-    views = network(server, ctx, "views") - views_before
-    changes = shape_changes(server, ctx) - changes_before
+    cpu_s, after = process_cpu_s(server.pid) - cpu_before, counts(server, ctx)
+    calls, views, changes = (after[k] - before[k] for k in ("calls", "views", "shape_changes"))
     ok = [r for r in raw["records"] if r["status"] == 200]
     if not ok:
         raise RuntimeError(f"no request succeeded: {raw['records'][:3]}")
@@ -190,7 +187,7 @@ def level(
         "views_per_call": views / calls if calls else float("nan"),
         # On CUDA each shape change makes cuDNN choose again: the cliff, counted (SessionPool).
         "shape_changes_per_call": changes / calls if calls else float("nan"),
-        "sessions": per_model(server, ctx, "verydeep_sessions"),
+        "sessions": after["sessions"],
     }
     if ctx.cuda:
         result["gpu_memory_mib"] = machine.gpu_memory_mib(server.pid)
@@ -198,19 +195,21 @@ def level(
     return result
 
 
-def network(server, ctx: Context, what: str) -> float:
-    """``verydeep_network_{calls,views}_total`` of the stream's models so far."""
-    return per_model(server, ctx, f"verydeep_network_{what}_total")
+COUNTS = {
+    "calls": "verydeep_network_calls_total",
+    "views": "verydeep_network_views_total",
+    "shape_changes": "verydeep_session_shape_changes_total",
+    "sessions": "verydeep_sessions",
+}
 
 
-def shape_changes(server, ctx: Context) -> float:
-    """``verydeep_session_shape_changes_total`` of the stream's models so far."""
-    return per_model(server, ctx, "verydeep_session_shape_changes_total")
-
-
-def per_model(server, ctx: Context, metric: str) -> float:
-    """The sum of ``metric{model=...}`` over the stream's models, now."""
-    return sum(server.metric(f'{metric}{{model="{name}"}}') for name in members(ctx))
+def counts(server, ctx: Context) -> dict[str, float]:
+    """The server's network counts (``COUNTS``) now, summed over the stream's models, from one
+    scrape of ``/metrics``."""
+    names = members(ctx)
+    samples = [f'{metric}{{model="{name}"}}' for metric in COUNTS.values() for name in names]
+    values = server.metrics(samples)
+    return {key: sum(values[i * len(names) : (i + 1) * len(names)]) for i, key in enumerate(COUNTS)}
 
 
 def loadgen(url: str, bodies: list[Path], clients: int, requests: int, params: dict) -> dict:

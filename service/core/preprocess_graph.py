@@ -170,12 +170,12 @@ def _normalise(batch: str, *, cast: bool) -> list:
     ``model_store.imaging.to_input`` computes it."""
     from onnx import TensorProto, helper
 
-    node, nodes = helper.make_node, []
+    node, first = helper.make_node, []
     if cast:
-        nodes.append(node("Cast", [batch], ["batch_float"], to=TensorProto.FLOAT))
+        first = [node("Cast", [batch], ["batch_float"], to=TensorProto.FLOAT)]
         batch = "batch_float"
     return [
-        *nodes,
+        *first,
         node("Reshape", ["mean", "per_channel"], ["mean_planes"]),
         node("Reshape", ["std", "per_channel"], ["std_planes"]),
         node("Mul", [batch, "scale"], ["scaled"]),
