@@ -50,12 +50,12 @@ def bare_session(entry: StoreEntry, settings, device: str = "cpu") -> ort.Infere
 
 def preprocessed(data: bytes, entry: StoreEntry, q: int) -> np.ndarray:
     """The ``(3, H, W)`` input the service computes for ``data`` at scale ``q``, in the dtype the
-    model takes (float32, or float16 for a ``--fp16`` export)."""
+    model takes (float32, or float16 for a ``--fp16`` export; float32 for an int8 graph)."""
     from model_store.imaging import decode, rescale, to_input
 
     decoded = decode(data, max_scale=q)
-    x = to_input(rescale(decoded.image, q), entry.manifest.preprocessing)
-    return x.astype(entry.manifest.onnx.dtype, copy=False)
+    onnx = entry.manifest.onnx
+    return to_input(rescale(decoded.image, q), entry.manifest.preprocessing, onnx.input_dtype)
 
 
 def timed(fn: Callable[[], object]) -> float:

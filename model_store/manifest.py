@@ -101,6 +101,12 @@ class OnnxInfo(_Strict):
             raise ValueError(f"onnx.file must be a plain file name inside the entry, got {file!r}")
         return file
 
+    @property
+    def input_dtype(self) -> str:
+        """The dtype the graph's ``input`` takes: ``float16`` for a float16 export, else
+        ``float32`` (an int8 graph quantises its float32 input inside)."""
+        return "float16" if self.dtype == "float16" else "float32"
+
     @model_validator(mode="after")
     def _distinct_names(self) -> OnnxInfo:
         if self.features is not None and self.features in ("", self.input, self.output):

@@ -111,7 +111,7 @@ class Engine:
         self.features_output = onnx.features
         # An int8 graph is quantised inside; its input stays float32 (docs/serving.md, "int8
         # models").
-        self._dtype = np.dtype("float32" if onnx.dtype == "int8" else onnx.dtype)
+        self._dtype = np.dtype(onnx.input_dtype)
         self.max_batch = options.max_batch
         self._max_pixels = options.max_batch_pixels
         model_bytes, self.file_identity = _read_verified(entry)

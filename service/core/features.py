@@ -26,8 +26,8 @@ POOLS: tuple[Pool, ...] = ("mean", "stack")
 
 
 class FeatureModel(Protocol):
-    """A fully-convolutional net with fc7's maps: ``features`` maps float32 ``(N, 3, H, W)`` to
-    float32 ``(N, F, H // 32 - 6, W // 32 - 6)``."""
+    """A fully-convolutional net with fc7's maps: ``features`` maps ``(N, 3, H, W)`` (in its
+    ``onnx.input_dtype``) to float32 ``(N, F, H // 32 - 6, W // 32 - 6)``."""
 
     @property
     def name(self) -> str: ...

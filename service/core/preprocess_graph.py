@@ -16,7 +16,8 @@ regenerating gives the same bytes).
 Inputs: ``pixels`` uint8 ``(H, W, 3)`` RGB (as ``np.asarray`` of a decoded image), ``size`` int64
 ``[2]`` (out height, out width), ``order`` int64 ``[3]`` (``[0, 1, 2]`` for RGB, ``[2, 1, 0]`` for
 BGR), ``scale`` float32 ``[1]``, ``mean`` and ``std`` float32 ``[3]`` in the model's colour order.
-Output: ``input`` float32 ``(1, 3, h, w)``.
+Outputs: ``input`` float32 ``(1, 3, h, w)``, and ``input_float16``, the same cast to float16 on
+the graph's device, for float16 exports (onnxruntime computes only the output asked for).
 
 How it follows Pillow (measured in docs/gpu.md): onnxruntime's Resize with ``antialias=1`` is
 Pillow's algorithm (support scaled by the shrink factor, triangle filter, ``half_pixel``
@@ -55,6 +56,8 @@ IR_VERSION = 8
 
 INPUTS = ("pixels", "size", "order", "scale", "mean", "std")
 OUTPUT = "input"
+OUTPUTS = {"float32": OUTPUT, "float16": "input_float16"}
+"""The graph's output of each network input dtype (``OnnxInfo.input_dtype``)."""
 ORDERS = {"RGB": (0, 1, 2), "BGR": (2, 1, 0)}
 
 ResizeDtype = Literal["uint8", "float32"]
@@ -181,6 +184,8 @@ def _normalise(batch: str, *, cast: bool) -> list:
         node("Mul", [batch, "scale"], ["scaled"]),
         node("Sub", ["scaled", "mean_planes"], ["centred"]),
         node("Div", ["centred", "std_planes"], [OUTPUT]),
+        # Cast here, on the graph's device: numpy casts to float16 one value at a time.
+        node("Cast", [OUTPUT], [OUTPUTS["float16"]], to=TensorProto.FLOAT16),
     ]
 
 
@@ -196,7 +201,11 @@ def _model(nodes: list, init: list, name: str):  # onnx.ModelProto
         info("mean", TensorProto.FLOAT, [3]),
         info("std", TensorProto.FLOAT, [3]),
     ]
-    outputs = [info(OUTPUT, TensorProto.FLOAT, [1, 3, "out_height", "out_width"])]
+    shape = [1, 3, "out_height", "out_width"]
+    outputs = [
+        info(OUTPUTS["float32"], TensorProto.FLOAT, shape),
+        info(OUTPUTS["float16"], TensorProto.FLOAT16, shape),
+    ]
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=init)
     model = helper.make_model(
         graph,
@@ -245,22 +254,32 @@ class PreprocessGraph:
         self.provider = self._session.get_providers()[0]
 
     def run(
-        self, pixels: np.ndarray, size: tuple[int, int], preprocessing: Preprocessing
+        self,
+        pixels: np.ndarray,
+        size: tuple[int, int],
+        preprocessing: Preprocessing,
+        dtype: str = "float32",
     ) -> np.ndarray:
-        """float32 ``(1, 3, height, width)``: ``pixels`` (uint8 ``(H, W, 3)`` RGB) resized to
-        ``size`` = ``(height, width)`` and normalised by ``preprocessing``."""
+        """``(1, 3, height, width)`` of ``dtype`` (``OUTPUTS``): ``pixels`` (uint8 ``(H, W, 3)``
+        RGB) resized to ``size`` = ``(height, width)`` and normalised by ``preprocessing``."""
         feeds = self.feeds(pixels, size, preprocessing)
+        if dtype not in OUTPUTS:
+            raise PreprocessInputError(f"dtype must be one of {', '.join(OUTPUTS)}, not {dtype!r}")
         try:
-            return self._session.run([OUTPUT], feeds)[0]
+            return self._session.run([OUTPUTS[dtype]], feeds)[0]
         except Exception as err:
             raise PreprocessFailed(f"the preprocessing graph failed: {err}") from None
 
     def rescaled_input(
-        self, image: Image.Image | np.ndarray, q: int, preprocessing: Preprocessing
+        self,
+        image: Image.Image | np.ndarray,
+        q: int,
+        preprocessing: Preprocessing,
+        dtype: str = "float32",
     ) -> np.ndarray:
-        """float32 ``(3, h, w)``, the graph's ``to_input(rescale(image, q), preprocessing)``:
-        the smallest side rescaled to ``q`` (``rescaled_size``), an RGB PIL image or its
-        uint8 ``(H, W, 3)`` array."""
+        """``(3, h, w)`` of ``dtype``, the graph's ``to_input(rescale(image, q), preprocessing,
+        dtype)``: the smallest side rescaled to ``q`` (``rescaled_size``), an RGB PIL image or
+        its uint8 ``(H, W, 3)`` array."""
         if isinstance(image, Image.Image):
             if image.mode != "RGB":
                 raise PreprocessInputError(f"the image must be RGB, not {image.mode}")
@@ -271,7 +290,7 @@ class PreprocessGraph:
         if isinstance(q, bool) or not isinstance(q, int | np.integer) or q < 1:
             raise PreprocessInputError(f"q must be a positive integer, not {q!r}")
         width, height = rescaled_size(pixels.shape[1], pixels.shape[0], int(q))
-        return self.run(pixels, (height, width), preprocessing)[0]
+        return self.run(pixels, (height, width), preprocessing, dtype)[0]
 
     @staticmethod
     def feeds(

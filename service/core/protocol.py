@@ -34,9 +34,9 @@ GRID = 5
 
 
 class ScoringModel(Protocol):
-    """A fully-convolutional net: ``scores`` maps float32 ``(N, 3, H, W)`` to float32 class
-    score maps ``(N, K, H // 32 - 6, W // 32 - 6)``, and may raise ``Cancelled`` when ``cancel``
-    is set before it starts computing."""
+    """A fully-convolutional net: ``scores`` maps ``(N, 3, H, W)`` (float32, or its manifest's
+    ``onnx.input_dtype``) to float32 class score maps ``(N, K, H // 32 - 6, W // 32 - 6)``, and
+    may raise ``Cancelled`` when ``cancel`` is set before it starts computing."""
 
     @property
     def name(self) -> str: ...
@@ -188,24 +188,27 @@ class ScaledImages:
 
     image: Image.Image
     rescaled: dict[int, Image.Image] = field(default_factory=dict)
-    normalized: dict[tuple[int, Preprocessing, object], np.ndarray] = field(default_factory=dict)
+    normalized: dict[tuple[int, Preprocessing, str, object], np.ndarray] = field(
+        default_factory=dict
+    )
 
     def get(self, q: int, model: ScoringModel) -> np.ndarray:
         """``model``'s input at Q: the image rescaled (smallest side Q) and normalized by its
-        manifest's preprocessing, with Pillow and numpy; or by the preprocessing graph of the
-        model's engine where it has one (``preprocess``: ``VERYDEEP_PREPROCESS=graph``,
-        docs/gpu.md, "Preprocessing on the GPU"), which gives the same size within a pixel
-        level."""
+        manifest's preprocessing, in its input dtype (float16 for a float16 export), with
+        Pillow and numpy; or by the preprocessing graph of the model's engine where it has one
+        (``preprocess``: ``VERYDEEP_PREPROCESS=graph``, docs/gpu.md, "Preprocessing on the
+        GPU"), which gives the same size within a pixel level."""
         preprocessing = model.manifest.preprocessing
+        dtype = model.manifest.onnx.input_dtype
         graph = getattr(model, "preprocess", None)
-        key = (q, preprocessing, graph)
+        key = (q, preprocessing, dtype, graph)
         if key not in self.normalized:
             if graph is not None:
-                self.normalized[key] = graph.rescaled_input(self.image, q, preprocessing)
+                self.normalized[key] = graph.rescaled_input(self.image, q, preprocessing, dtype)
             else:
                 if q not in self.rescaled:
                     self.rescaled[q] = rescale(self.image, q)
-                self.normalized[key] = to_input(self.rescaled[q], preprocessing)
+                self.normalized[key] = to_input(self.rescaled[q], preprocessing, dtype)
         return self.normalized[key]
 
 

@@ -87,6 +87,30 @@ def test_to_input_lookup_gives_the_float32_formula_bit_for_bit(order: str) -> No
     assert np.array_equal(to_input(image, pre), want)
 
 
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_to_input_in_float16_is_the_float32_input_cast_bit_for_bit(order: str) -> None:
+    """A float16 export's input: every 8-bit level of every channel rounded as numpy casts the
+    float32 input, without the cast."""
+    rng = np.random.default_rng(4)
+    pixels = np.stack([rng.permutation(256) for _ in range(3)], axis=-1).astype(np.uint8)
+    image = Image.fromarray(np.tile(pixels.reshape(16, 16, 3), (3, 2, 1)))
+    pre = Preprocessing(
+        color_order=order, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
+    half = to_input(image, pre, "float16")
+    assert half.dtype == np.float16 and half.shape == (3, 48, 32) and half.flags.c_contiguous
+    assert np.array_equal(
+        half.view(np.uint16), to_input(image, pre).astype(np.float16).view(np.uint16)
+    )
+    assert to_input(image, pre, np.float16).dtype == np.float16  # a numpy dtype does too
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float64", "uint8"])
+def test_to_input_refuses_other_dtypes(dtype: str) -> None:
+    with pytest.raises(ValueError, match=f"dtype must be one of float32, float16, not '{dtype}'"):
+        to_input(sample_image(20, 10), Preprocessing(mean=(0, 0, 0), std=(1, 1, 1)), dtype)
+
+
 def test_to_input_equals_torchvision_to_tensor_and_normalize() -> None:
     image = sample_image(50, 40)
     pre = Preprocessing(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -142,3 +142,13 @@ def test_a_localization_entry_needs_its_localization_field_and_only_it() -> None
         Localization(regression="pcr")
     with pytest.raises(ValidationError, match="invalid model name"):
         Localization(regression="single", classifier="../x")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "input_dtype"), [("float32", "float32"), ("float16", "float16"), ("int8", "float32")]
+)
+def test_input_dtype_is_what_the_graph_takes(dtype: str, input_dtype: str) -> None:
+    """An int8 graph quantises its float32 input inside; a float16 export takes float16."""
+    onnx = OnnxInfo(sha256="a" * 64, opset=17, dtype=dtype)
+    assert onnx.input_dtype == input_dtype
+    assert "input_dtype" not in onnx.model_dump()  # not a field of the manifest

@@ -216,9 +216,13 @@ def test_the_preprocessing_graph_on_cuda_follows_pillow() -> None:
     for i, size in enumerate([(640, 480), (1281, 719), (2520, 1080)]):
         image = photo(*size, seed=i)
         for q in (224, 256, 384):
-            off = levels_off(graph.rescaled_input(image, q, p), to_input(rescale(image, q), p), p)
+            full = graph.rescaled_input(image, q, p)
+            off = levels_off(full, to_input(rescale(image, q), p), p)
             assert off.max() <= MAX_LEVELS["uint8"], (size, q, off.max())
             assert (off > 0.5).mean() <= MAX_FRACTION_OFF["uint8"], (size, q)
+            # The float16 output, cast by CUDA's Cast, rounds as numpy's cast does.
+            half = graph.rescaled_input(image, q, p, "float16")
+            assert np.array_equal(half.view(np.uint16), full.astype(np.float16).view(np.uint16))
     buffer = io.BytesIO()
     photo(1281, 719, seed=1).save(buffer, "JPEG", quality=90)
     answers = {}

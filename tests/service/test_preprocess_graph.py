@@ -105,6 +105,20 @@ def test_run_gives_a_batch_of_the_asked_size(graph: PreprocessGraph, photos: dic
     assert graph.provider == "CPUExecutionProvider"
 
 
+def test_the_float16_output_is_the_float32_output_cast(
+    graph: PreprocessGraph, photos: dict
+) -> None:
+    """``input_float16``, for float16 exports: the float32 output rounded as numpy casts it
+    (one Cast on the graph's device instead of numpy's value-at-a-time cast on the host)."""
+    for q in (224, 300):
+        full = graph.rescaled_input(photos[(1281, 719)], q, TINY_PREPROCESSING)
+        half = graph.rescaled_input(photos[(1281, 719)], q, TINY_PREPROCESSING, "float16")
+        assert half.dtype == np.float16 and half.shape == full.shape
+        assert np.array_equal(half.view(np.uint16), full.astype(np.float16).view(np.uint16))
+    with pytest.raises(PreprocessInputError, match="dtype must be one of float32, float16"):
+        graph.run(GOOD, (10, 10), TINY_PREPROCESSING, "int8")
+
+
 def test_posteriors_are_the_pillow_paths(graph: PreprocessGraph, photos: dict) -> None:
     """demo-d, dense with flip: the same top-1 and posteriors within 1e-2."""
     engine = open_engine(ModelStore(ROOT / "model_store"), "demo-d", EngineOptions(device="cpu"))
