@@ -88,7 +88,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 bench=("$python" -m bench.run --quick --device $device --models $model)
 shared=(env VERYDEEP_CUDA_SHARED_WEIGHTS=true VERYDEEP_CUDA_SESSIONS=128)
 wide=(env VERYDEEP_MAX_CONCURRENCY=16 VERYDEEP_MAX_QUEUE=64)
-stream=(--only stream --stream-levels 1,8 --stream-requests 6)
+stream=(--only stream --stream-levels 1,8,16 --stream-requests 6)
+by_q=(--only stream --stream-levels 1,16 --stream-requests 6 --stream-scales 256,384,512)
 probe=("$python" bench/probes/new_shape_gpu.py --device $device "${probe_model[@]}")
 day=$(date +%F)
 
@@ -99,45 +100,50 @@ from bench.context import DEFAULT_CACHE
 spec = {'vgg16': VGG16, 'tiny-d': TINY_D}['$model']
 for dtype in ('float32', 'float16'):
     print(ensure_store(DEFAULT_CACHE, [spec.with_dtype(dtype)]).root, flush=True)"
-# 1. What makes a new shape cheap: bare sessions, 8 shapes in turn, four ways of keeping them.
-step new-shape-fp32 120 "${probe[@]}" "$results/$day-new-shape-$device.json"
-step new-shape-fp16 90 "${probe[@]}" --fp16 "$results/$day-new-shape-$device-fp16.json"
-# 2. The photo stream, default protocol: the service's pool of 4 sessions, then up to 128
-#    sessions sharing one copy of the weights, one opened per new input shape (the stream has 39
-#    shapes of view, in up to four batch sizes each); float32, then float16.
+# The steps come in order of what docs/gpu.md's targets need, since a lent machine's minutes
+# rarely reach the last ones: first the chosen design (sessions sharing one copy of the
+# weights, one opened per new input shape up to 128; 16 requests computing at once), then
+# what it was chosen against.
+# 1. The photo stream, default protocol, at 1, 8 and 16 clients: float32, then float16.
+step stream-fp32-shared 100 "${shared[@]}" "${wide[@]}" "${bench[@]}" --out "$results/shared" \
+  "${stream[@]}" --stream-scales default
+step stream-fp16-shared 100 "${shared[@]}" "${wide[@]}" "${bench[@]}" --fp16 \
+  --out "$results/shared" "${stream[@]}" --stream-scales default
+# 2. One dense view's serving overhead against the bare call, float32 and float16.
+step overhead-fp32 60 "${bench[@]}" --out "$results/overhead" --only overhead,engine
+step overhead-fp16 60 "${bench[@]}" --fp16 --out "$results/overhead" --only overhead,engine
+# 3. The stream at each Q (float16 against float32), at its most clients.
+step stream-q-fp32 120 "${shared[@]}" "${wide[@]}" "${bench[@]}" --out "$results/shared-q" \
+  "${by_q[@]}"
+step stream-q-fp16 120 "${shared[@]}" "${wide[@]}" "${bench[@]}" --fp16 \
+  --out "$results/shared-q" "${by_q[@]}"
+# 4. Correctness on CUDA: the service against the CPU, float16, the pool, OOM, the graph.
+step test-cuda 120 "$python" -m pytest -q -p no:cacheprovider tests/service/test_cuda.py
+# 5. What the design was chosen against: the service's defaults (a pool of 4 sessions, each
+#    with its own weights; 2 requests computing at once), the shared sessions with 2 computing,
+#    and float16 channels-first (one copy of the weights; channels-last sessions each keep a
+#    transposed copy, docs/gpu.md).
 step stream-fp32-pool4 100 "${bench[@]}" --out "$results/pool4" "${stream[@]}" \
   --stream-scales default
-step stream-fp32-shared 100 "${shared[@]}" "${bench[@]}" --out "$results/shared" \
+step stream-fp32-shared-c2 100 "${shared[@]}" "${bench[@]}" --out "$results/shared-c2" \
   "${stream[@]}" --stream-scales default
 step stream-fp16-pool4 100 "${bench[@]}" --fp16 --out "$results/pool4" "${stream[@]}" \
   --stream-scales default
-step stream-fp16-shared 100 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/shared" \
-  "${stream[@]}" --stream-scales default
-# 2b. The same with 16 requests computing at once instead of 2 (VERYDEEP_MAX_CONCURRENCY):
-#     each request's decoding and rescaling runs in its own thread, beside the others' GPU calls.
-step stream-fp32-shared-c16 120 "${shared[@]}" "${wide[@]}" "${bench[@]}" \
-  --out "$results/shared-c16" --only stream --stream-levels 1,8,16 --stream-requests 6 \
-  --stream-scales default
-# 3. Correctness on CUDA: the service against the CPU, float16, the pool, OOM, int8.
-step test-cuda 120 "$python" -m pytest -q -p no:cacheprovider tests/service/test_cuda.py
-# 4. One dense view's serving overhead, and the stream at each Q (float16 against float32).
-step overhead-fp32 60 "${bench[@]}" --out "$results/overhead" --only overhead,engine
-step overhead-fp16 60 "${bench[@]}" --fp16 --out "$results/overhead" --only overhead,engine
-step stream-q-fp32 120 "${shared[@]}" "${bench[@]}" --out "$results/shared-q" \
-  "${stream[@]}" --stream-scales 256,384,512
-step stream-q-fp16 120 "${shared[@]}" "${bench[@]}" --fp16 --out "$results/shared-q" \
-  "${stream[@]}" --stream-scales 256,384,512
-# 5. Preprocessing on the GPU: the graph against Pillow, then through the stream.
+step stream-fp16-shared-nchw 100 env VERYDEEP_CUDA_LAYOUT=nchw "${shared[@]}" "${wide[@]}" \
+  "${bench[@]}" --fp16 --out "$results/shared-nchw" "${stream[@]}" --stream-scales default
+# 6. What makes a new shape cheap: bare sessions, 8 shapes in turn, four ways of keeping them.
+step new-shape-fp32 120 "${probe[@]}" "$results/$day-new-shape-$device.json"
+step new-shape-fp16 90 "${probe[@]}" --fp16 "$results/$day-new-shape-$device-fp16.json"
+# 7. Preprocessing on the GPU: the graph against Pillow, then through the stream.
 step preprocess-probe 120 "$python" bench/probes/preprocess_graph_gpu.py --device $device \
   --repeats $repeats "$results/$day-preprocess-graph-$device.json"
-step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${bench[@]}" \
-  --out "$results/shared-graph" "${stream[@]}" --stream-scales default
-# 6. Cross-request batching on the GPU: a window of 2 ms, 16 requests computing at once.
+step stream-graph-fp32 100 env VERYDEEP_PREPROCESS=graph "${shared[@]}" "${wide[@]}" \
+  "${bench[@]}" --out "$results/shared-graph" "${stream[@]}" --stream-scales default
+# 8. Cross-request batching on the GPU: a window of 2 ms.
 step stream-window2-fp32 100 env VERYDEEP_BATCH_WINDOW_MS=2 "${shared[@]}" "${wide[@]}" \
-  "${bench[@]}" --out "$results/shared-c16-window2" --only stream --stream-levels 8,16 \
-  --stream-requests 6 --stream-scales default
-# 7. VGG-19 beside VGG-16, and their ensemble: each request runs both (model=vgg16,vgg19).
+  "${bench[@]}" --out "$results/shared-window2" "${stream[@]}" --stream-scales default
+# 9. VGG-19 beside VGG-16, and their ensemble: each request runs both (model=vgg16,vgg19).
 step stream-ensemble-fp32 150 "${shared[@]}" "${wide[@]}" "$python" -m bench.run --quick \
-  --device $device --models "$pair" --out "$results/shared-c16-ensemble" \
-  --only stream --stream-levels 1,8 --stream-requests 6 --stream-scales default --stream-ensemble
+  --device $device --models "$pair" --out "$results/shared-ensemble" "${stream[@]}" \
+  --stream-scales default --stream-ensemble
 echo "done in $(($(date +%s) - started)) s"
