@@ -3,6 +3,8 @@ dependency, so that the OpenAPI document describes each parameter), and those of
 and ``/localize``.
 
 A parameter given twice is ambiguous (proxies and frameworks disagree on which one counts): 422.
+So is one the endpoint does not take: a misspelt ``scalez=512`` would otherwise answer with the
+default scales and look like a measurement of Q = 512.
 ``scales`` goes through the one scales parser of the API and the command line
 (``model_store.scales``); ``top_k`` must be plain ASCII digits (no ``2_0``, ``+3`` or ``٣``).
 """
@@ -91,7 +93,7 @@ async def classify_params(
         ),
     ] = "none",
 ) -> ClassifyParams:
-    check_repeated(request)
+    check_names(request)
     if maps != "none" and method == "multicrop":
         raise InvalidParameter(
             "maps: score maps come from dense evaluation; use method=dense or combined"
@@ -122,8 +124,14 @@ def scale_list(text: str, settings: Settings) -> list[int]:
         raise InvalidParameter(f"scales: {err}") from None
 
 
-def check_repeated(request: Request, names: tuple[str, ...] = QUERY_PARAMETERS) -> None:
+def check_names(request: Request, names: tuple[str, ...] = QUERY_PARAMETERS) -> None:
+    """422 for a query parameter the endpoint does not take, or one given more than once."""
     counts = Counter(key for key, _ in request.query_params.multi_items())
+    unknown = [name for name in counts if name not in names]
+    if unknown:
+        raise InvalidParameter(
+            f"unknown query parameter {quoted(unknown[0])}; this endpoint takes {', '.join(names)}"
+        )
     repeated = [name for name in names if counts[name] > 1]
     if repeated:
         raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
@@ -151,7 +159,7 @@ async def features_params(
         Query(description="mean: the scales' descriptors averaged; stack: concatenated"),
     ] = "mean",
 ) -> FeaturesParams:
-    check_repeated(request, FEATURES_PARAMETERS)
+    check_names(request, FEATURES_PARAMETERS)
     return FeaturesParams(
         model=model,
         scales=None if scales is None else scale_list(scales, settings),
@@ -207,7 +215,7 @@ async def localize_params(
         Query(ge=1, description="classes to localize, 1..K (default 5, or K when K < 5)"),
     ] = None,
 ) -> LocalizeParams:
-    check_repeated(request, LOCALIZE_PARAMETERS)
+    check_names(request, LOCALIZE_PARAMETERS)
     check_top_k(request)
     return LocalizeParams(
         model=model,

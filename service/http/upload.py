@@ -1,5 +1,6 @@
 """Reading the uploaded image: multipart field ``image`` or a raw ``image/*`` body, with the byte
-limit enforced from Content-Length first and then while streaming."""
+limit enforced from Content-Length first and then while streaming. A multipart body holds the one
+field ``image``; any other field is refused, since parameters are read from the query string."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from model_store.scales import quoted
 from service.core.errors import BadRequest, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 FIELD = "image"
@@ -43,7 +45,10 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
     except MultiPartException as err:
         raise BadRequest(f"malformed multipart body: {err.message}") from None
     try:
-        part = form.get(FIELD)
+        parts = form.getlist(FIELD)
+        if len(parts) > 1:
+            raise InvalidParameter(f"the multipart field {FIELD!r}: given {len(parts)} times")
+        part = parts[0] if parts else None
         if part is None:
             raise InvalidParameter(f"the multipart body has no field {FIELD!r}")
         if not isinstance(part, UploadFile):
@@ -52,6 +57,14 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         if not (part_type.startswith("image/") or part_type in _GENERIC_PART_TYPES):
             raise UnsupportedMediaType(
                 f"the multipart field {FIELD!r} has Content-Type {part_type}; send an image"
+            )
+        extra = [name for name in form if name != FIELD]
+        if extra:
+            # A parameter sent as a form field would be silently ignored (they are read from the
+            # query string only, docs/serving.md): the answer would not be what was asked for.
+            raise InvalidParameter(
+                f"the multipart field {quoted(extra[0])} is not read: the body holds only "
+                f"{FIELD!r}; give parameters in the query string"
             )
         return await part.read()
     finally:

@@ -213,6 +213,25 @@ def test_422_multipart_without_the_image_field(client: TestClient, png: bytes) -
     assert "must be a file" in assert_error(as_text, 422, "invalid_parameter")["message"]
 
 
+def test_422_a_parameter_the_endpoint_does_not_take(client: TestClient, png: bytes) -> None:
+    """A misspelt parameter would otherwise answer with the defaults, as if it had been read."""
+    error = assert_error(post_raw(client, png, scalez="512"), 422, "invalid_parameter")
+    assert error["message"] == (
+        "unknown query parameter 'scalez'; this endpoint takes model, scales, flip, method, "
+        "top_k, maps"
+    )
+    as_field = client.post("/classify", data={"scales": "512"}, files={"image": ("a.png", png)})
+    error = assert_error(as_field, 422, "invalid_parameter")
+    assert error["message"] == (
+        "the multipart field 'scales' is not read: the body holds only 'image'; give parameters "
+        "in the query string"
+    )
+    twice = client.post("/classify", files=[("image", ("a.png", png)), ("image", ("b.png", png))])
+    error = assert_error(twice, 422, "invalid_parameter")
+    assert error["message"] == "the multipart field 'image': given 2 times"
+    assert client.post("/classify", files={"image": ("a.png", png)}).status_code == 200
+
+
 def test_422_image_shape(client: TestClient) -> None:
     tiny = encode(sample_image(10, 40))
     assert_error(post_raw(client, tiny), 422, "unsupported_image_shape")

@@ -106,6 +106,7 @@ def test_the_binary_answer_is_the_same_vector_as_npy(client: TestClient, png: by
         ({"pool": "max"}, 422, "invalid_parameter", "pool"),
         ({"scales": "2_56"}, 422, "invalid_parameter", "not a comma-separated list"),
         ({"pool": ["mean", "stack"]}, 422, "invalid_parameter", "pool: given 2 times"),
+        ({"top_k": "3"}, 422, "invalid_parameter", "unknown query parameter 'top_k'"),
         ({"model": "nope"}, 404, "unknown_model", "unknown model 'nope'"),
     ],
 )

@@ -389,6 +389,13 @@ def test_models_lists_task_and_localization(loc_client: TestClient) -> None:
             "invalid_parameter",
             "flip: given 2 times",
         ),
+        (
+            "/localize",
+            {"model": "loc-pcr", "method": "dense"},
+            422,
+            "invalid_parameter",
+            "unknown query parameter 'method'; this endpoint takes model, classify_with,",
+        ),
         ("/classify", {"model": "loc-pcr"}, 422, "unsupported_model", "POST /localize"),
         ("/classify", {"model": "tiny-d,loc-pcr"}, 422, "unsupported_model", "/localize"),
         ("/classify", {"model": "with-loc"}, 404, "unknown_model", "localization model"),

@@ -269,8 +269,9 @@ PARAMETERS: list[tuple[str, dict[str, str], int]] = [
     ("top_k-word", {"top_k": "three"}, 422),
     ("top_k-nul", {"top_k": "3\x00"}, 422),
     ("top_k-long", {"top_k": LONG}, 422),
-    # unknown parameters are ignored
-    ("unknown-parameter", {"colour": "blue"}, 200),
+    # a parameter the endpoint does not take is refused: a misspelt one would answer the defaults
+    ("unknown-parameter", {"colour": "blue"}, 422),
+    ("unknown-parameter-long", {LONG: "1"}, 422),
 ]
 REPEATED = [
     ("model", "model=tiny-d&model=tiny-e"),
