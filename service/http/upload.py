@@ -48,9 +48,9 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         parts = form.getlist(FIELD)
         if len(parts) > 1:
             raise InvalidParameter(f"the multipart field {FIELD!r}: given {len(parts)} times")
-        part = parts[0] if parts else None
-        if part is None:
+        if not parts:
             raise InvalidParameter(f"the multipart body has no field {FIELD!r}")
+        part = parts[0]
         if not isinstance(part, UploadFile):
             raise InvalidParameter(f"the multipart field {FIELD!r} must be a file")
         part_type = _media_type(part.content_type)
