@@ -4,7 +4,9 @@ and ``/localize``.
 
 A parameter given twice is ambiguous (proxies and frameworks disagree on which one counts): 422.
 So is one the endpoint does not take: a misspelt ``scalez=512`` would otherwise answer with the
-default scales and look like a measurement of Q = 512.
+default scales and look like a measurement of Q = 512. The names an endpoint takes are the fields
+of its parameters' dataclass, the same as its dependency's query arguments (a test holds the two
+equal).
 ``scales`` goes through the one scales parser of the API and the command line
 (``model_store.scales``); ``top_k`` must be plain ASCII digits (no ``2_0``, ``+3`` or ``٣``).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
@@ -25,7 +27,6 @@ from service.core.protocol import Method
 from service.settings import Settings
 
 DEFAULT_TOP_K = 5
-QUERY_PARAMETERS = ("model", "scales", "flip", "method", "top_k", "maps")
 MapChoice = Literal["none", "top", "all"]
 _DIGITS = re.compile(r"[0-9]{1,6}")
 
@@ -93,7 +94,7 @@ async def classify_params(
         ),
     ] = "none",
 ) -> ClassifyParams:
-    check_names(request)
+    check_names(request, ClassifyParams)
     if maps != "none" and method == "multicrop":
         raise InvalidParameter(
             "maps: score maps come from dense evaluation; use method=dense or combined"
@@ -124,8 +125,9 @@ def scale_list(text: str, settings: Settings) -> list[int]:
         raise InvalidParameter(f"scales: {err}") from None
 
 
-def check_names(request: Request, names: tuple[str, ...] = QUERY_PARAMETERS) -> None:
+def check_names(request: Request, params: type) -> None:
     """422 for a query parameter the endpoint does not take, or one given more than once."""
+    names = [field.name for field in fields(params)]
     counts = Counter(key for key, _ in request.query_params.multi_items())
     unknown = [name for name in counts if name not in names]
     if unknown:
@@ -135,9 +137,6 @@ def check_names(request: Request, names: tuple[str, ...] = QUERY_PARAMETERS) -> 
     repeated = [name for name in names if counts[name] > 1]
     if repeated:
         raise InvalidParameter(f"{repeated[0]}: given {counts[repeated[0]]} times; give it once")
-
-
-FEATURES_PARAMETERS = ("model", "scales", "flip", "pool")
 
 
 @dataclass(frozen=True)
@@ -159,16 +158,13 @@ async def features_params(
         Query(description="mean: the scales' descriptors averaged; stack: concatenated"),
     ] = "mean",
 ) -> FeaturesParams:
-    check_names(request, FEATURES_PARAMETERS)
+    check_names(request, FeaturesParams)
     return FeaturesParams(
         model=model,
         scales=None if scales is None else scale_list(scales, settings),
         flip=flip,
         pool=pool,
     )
-
-
-LOCALIZE_PARAMETERS = ("model", "classify_with", "scales", "flip", "top_k")
 
 
 @dataclass(frozen=True)
@@ -215,7 +211,7 @@ async def localize_params(
         Query(ge=1, description="classes to localize, 1..K (default 5, or K when K < 5)"),
     ] = None,
 ) -> LocalizeParams:
-    check_names(request, LOCALIZE_PARAMETERS)
+    check_names(request, LocalizeParams)
     check_top_k(request)
     return LocalizeParams(
         model=model,

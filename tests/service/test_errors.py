@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from service.core import protocol
 from service.core.gate import WorkGate
 from service.core.registry import Registry
 from service.http.app import create_app
+from service.http.params import ClassifyParams, FeaturesParams, LocalizeParams
 from tests.model_store.test_imaging import with_png_size
 from tests.service.helpers import TestClient, encode, sample_image, settings_for
 
@@ -230,6 +232,19 @@ def test_422_a_parameter_the_endpoint_does_not_take(client: TestClient, png: byt
     error = assert_error(twice, 422, "invalid_parameter")
     assert error["message"] == "the multipart field 'image': given 2 times"
     assert client.post("/classify", files={"image": ("a.png", png)}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [("/classify", ClassifyParams), ("/features", FeaturesParams), ("/localize", LocalizeParams)],
+)
+def test_the_names_taken_are_those_the_openapi_document_lists(
+    client: TestClient, path: str, params: type
+) -> None:
+    """check_names reads the dataclass; FastAPI documents the dependency's arguments."""
+    operation = client.get("/openapi.json").json()["paths"][path]["post"]
+    documented = [p["name"] for p in operation["parameters"] if p["in"] == "query"]
+    assert documented == [field.name for field in fields(params)]
 
 
 def test_422_image_shape(client: TestClient) -> None:
