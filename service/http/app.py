@@ -19,6 +19,7 @@ from service.http.access_log import AccessLogMiddleware
 from service.http.connections import CloseUnreadBodies
 from service.http.docs_assets import install_docs
 from service.http.handlers import install_error_handlers
+from service.http.head import HeadAsGet
 from service.http.metrics import Metrics
 from service.http.page import install_page
 from service.http.routes import ServiceState, router
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     install_security(app, api_key, settings.cors_origins)
     # Around both: a refusal sent before the body was read closes the connection.
     app.add_middleware(CloseUnreadBodies)
+    # HEAD of the GET routes, inside the access log so that it logs and counts HEAD.
+    app.add_middleware(HeadAsGet)
     # Outermost: every request is logged and counted, refused ones (401, CORS) included.
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(router)

@@ -72,6 +72,16 @@ def test_api_key_protects_every_route_but_the_probes(keyed: TestClient, method, 
         assert_unauthorized(keyed.request(method, path, headers=headers))
 
 
+def test_head_is_protected_as_its_get(keyed: TestClient) -> None:
+    """HEAD runs as the GET (service/http/head.py) inside the key check, never around it."""
+    for path in ("/models", "/metrics", "/docs", "/openapi.json"):
+        refused = keyed.head(path)
+        assert refused.status_code == 401 and refused.content == b"", path
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert keyed.head(path, headers={"X-API-Key": KEY}).status_code == 200, path
+    assert keyed.head("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize(
     "headers",
     [

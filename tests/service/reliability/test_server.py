@@ -395,6 +395,28 @@ def test_malformed_http_is_refused_and_the_server_stays_up(server: Server) -> No
     assert ok.status_code == 200
 
 
+def test_head_sends_headers_only_and_keeps_the_connection(server: Server) -> None:
+    """uvicorn with HeadAsGet: HEAD /healthz carries the GET's Content-Length and no body, so
+    the GET that follows on the same connection reads its own answer, not left-over bytes."""
+    sock = raw_request(server.port, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"content-length: 15" in head.lower() and rest == b""
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert headers["content-length"] == "15"
+    finally:
+        sock.close()
+
+
 def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(
     service_store: ModelStore, tmp_path: Path
 ) -> None:
