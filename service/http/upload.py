@@ -1,6 +1,11 @@
-"""Reading the uploaded image: multipart field ``image`` or a raw ``image/*`` body, with the byte
-limit enforced from Content-Length first and then while streaming. A multipart body holds the one
-field ``image``; any other field is refused, since parameters are read from the query string."""
+"""Reading the uploaded image: multipart field ``image`` or the raw body, with the byte limit
+enforced from Content-Length first and then while streaming. A multipart body holds the one
+field ``image``; any other field is refused, since parameters are read from the query string.
+
+A body or part typed ``image/*``, ``application/octet-stream`` or nothing is read: the decoder
+tells the format from the bytes, and a generic type is what most HTTP clients send for bytes
+(``requests.post(url, data=...)`` and ``fetch`` of an untyped blob send none). Any other type
+(``text/plain``, ``application/json``, a form) is 415."""
 
 from __future__ import annotations
 
@@ -15,23 +20,24 @@ from model_store.scales import quoted
 from service.core.errors import BadRequest, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 FIELD = "image"
-_GENERIC_PART_TYPES = ("", "application/octet-stream")
+_GENERIC_TYPES = ("", "application/octet-stream")
 
 
 async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     """The image's bytes from a request to /classify; raises 413, 415, 400 or 422."""
     media_type = _media_type(request.headers.get("content-type"))
-    if not (media_type.startswith("image/") or media_type == "multipart/form-data"):
+    raw = _is_image_type(media_type)
+    if not (raw or media_type == "multipart/form-data"):
         raise UnsupportedMediaType(
-            f"Content-Type {media_type or '(none)'} is not accepted: send the image as the "
-            f"multipart/form-data field {FIELD!r} or as the body with an image/* Content-Type"
+            f"Content-Type {media_type} is not accepted: send the image as the multipart/form-data "
+            f"field {FIELD!r}, or as the body typed image/* or application/octet-stream"
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     stream = _limited(request.stream(), max_bytes)
     try:
-        if media_type.startswith("image/"):
+        if raw:
             return b"".join([chunk async for chunk in stream])
         return await _multipart_image(request, stream)
     except ClientDisconnect:
@@ -54,7 +60,7 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         if not isinstance(part, UploadFile):
             raise InvalidParameter(f"the multipart field {FIELD!r} must be a file")
         part_type = _media_type(part.content_type)
-        if not (part_type.startswith("image/") or part_type in _GENERIC_PART_TYPES):
+        if not _is_image_type(part_type):
             raise UnsupportedMediaType(
                 f"the multipart field {FIELD!r} has Content-Type {part_type}; send an image"
             )
@@ -69,6 +75,10 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         return await part.read()
     finally:
         await form.close()
+
+
+def _is_image_type(media_type: str) -> bool:
+    return media_type.startswith("image/") or media_type in _GENERIC_TYPES
 
 
 async def _limited(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncGenerator[bytes, None]:

@@ -135,12 +135,29 @@ def test_413_too_many_pixels(make_client: Callable) -> None:
 
 
 def test_415_not_an_image_type(client: TestClient, png: bytes) -> None:
-    assert_error(post_raw(client, png, "text/plain"), 415, "unsupported_media_type")
+    error = assert_error(post_raw(client, png, "text/plain"), 415, "unsupported_media_type")
+    assert error["message"] == (
+        "Content-Type text/plain is not accepted: send the image as the multipart/form-data "
+        "field 'image', or as the body typed image/* or application/octet-stream"
+    )
     assert_error(post_raw(client, png, "application/json"), 415, "unsupported_media_type")
-    no_type = client.post("/classify", content=png)
-    assert_error(no_type, 415, "unsupported_media_type")
+    form = post_raw(client, png, "application/x-www-form-urlencoded")  # curl --data-binary
+    assert_error(form, 415, "unsupported_media_type")
     text_part = client.post("/classify", files={"image": ("a.txt", b"hello", "text/plain")})
     assert_error(text_part, 415, "unsupported_media_type")
+
+
+def test_a_raw_body_of_a_generic_type_is_sniffed(client: TestClient, png: bytes) -> None:
+    """Bytes sent untyped (requests' data=, an untyped fetch blob) or as octet-stream are read
+    as the multipart part of such a type is: the decoder tells the format."""
+    typed = post_raw(client, png, "image/png", scales="224").json()
+    untyped = client.post("/classify", params={"scales": "224"}, content=png)
+    assert "content-type" not in untyped.request.headers
+    assert untyped.status_code == 200 and untyped.json()["predictions"] == typed["predictions"]
+    as_bytes = post_raw(client, png, "application/octet-stream", scales="224")
+    assert as_bytes.status_code == 200 and as_bytes.json()["predictions"] == typed["predictions"]
+    text = post_raw(client, b"hello", "application/octet-stream")
+    assert_error(text, 400, "undecodable_image")
 
 
 def test_multipart_part_without_a_specific_type_is_sniffed(client: TestClient, png: bytes) -> None:

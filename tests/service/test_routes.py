@@ -202,7 +202,8 @@ def test_health_and_ready(client: TestClient) -> None:
 def test_openapi_documents_the_upload_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     op = spec["paths"]["/classify"]["post"]
-    assert set(op["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
+    content = {"multipart/form-data", "image/*", "application/octet-stream"}
+    assert set(op["requestBody"]["content"]) == content
     names = {p["name"] for p in op["parameters"]}
     assert names == {"model", "scales", "flip", "method", "top_k", "maps"}
     assert {"200", "400", "404", "413", "415", "422", "503", "504"} <= set(op["responses"])

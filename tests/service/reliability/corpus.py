@@ -273,7 +273,7 @@ NOT_IMAGES: dict[str, tuple[bytes, str]] = {
 
 def not_images() -> Iterator[Upload]:
     """Other kinds of file: 415 with their own Content-Type (unless it is image/*, then 400),
-    400 when they claim to be an image."""
+    400 when they claim to be an image or are sent as bytes (application/octet-stream)."""
     for name, (data, own_type) in NOT_IMAGES.items():
         if name == "zip":
             data = _zip({"cat.png": _save(sample_image(), "PNG")})
@@ -282,6 +282,7 @@ def not_images() -> Iterator[Upload]:
         own = UNDECODABLE if own_type.startswith("image/") else frozenset({415})
         yield Upload(f"not-image-{name}-own-type", data, own_type, own)
         yield Upload(f"not-image-{name}-as-png", data, "image/png", UNDECODABLE)
+        yield Upload(f"not-image-{name}-as-bytes", data, "application/octet-stream", UNDECODABLE)
 
 
 def with_png_size(png: bytes, width: int, height: int) -> bytes:
