@@ -291,6 +291,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_timeout,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     return 0
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from model_store.imaging import ImageError
 from model_store.scales import quoted
 from service.core.errors import InvalidParameter, OutOfMemory, ServiceError
+from service.http.access_log import REQUEST_ID
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return refusal_response(request, OutOfMemory(message))
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+        # Answered from outside the access log's middleware: its request ID is added here.
+        rid = getattr(request.state, REQUEST_ID, None)
+        path = request.url.path
+        log.exception("unhandled error on %s %s (request %s)", request.method, path, rid)
+        headers = {"X-Request-ID": rid} if rid else None
+        return error_response(500, "internal_error", "internal server error", headers)
 
     app.add_exception_handler(ServiceError, refusal)
     app.add_exception_handler(ImageError, refusal)

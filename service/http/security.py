@@ -87,7 +87,7 @@ def install_security(app: FastAPI, api_key: str | None, cors_origins: list[str])
             allow_origins=cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", API_KEY_HEADER, "Content-Type"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "X-Request-ID"],
             allow_credentials=False,
             max_age=600,
         )

@@ -302,6 +302,13 @@ def test_nginx_config_parses_and_fits_the_service() -> None:
     retry = _find(directives, "proxy_next_upstream")[0]["args"]
     assert "http_503" in retry and "non_idempotent" in retry
 
+    # The client and request ID nginx passes on are believed by the replicas, which only it
+    # reaches, and logged (docs/serving.md, the access log).
+    passed = {d["args"][0].lower(): d["args"][1] for d in _find(directives, "proxy_set_header")}
+    assert passed["x-forwarded-for"] == "$proxy_add_x_forwarded_for"
+    assert passed["x-request-id"] == "$request_id"
+    assert env["VERYDEEP_FORWARDED_ALLOW_IPS"] == "*" and "ports" not in service("scale")
+
 
 def _location(directives: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     (found,) = [d for d in _find(directives, "location") if d["args"][-1] == name]

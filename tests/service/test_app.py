@@ -111,6 +111,25 @@ def test_one_structured_log_line_per_request(
     assert junk["status"] == 400 and junk["model"] == "tiny-e" and junk["bytes"] == 4
 
 
+def test_each_request_has_an_id_in_its_answer_and_its_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proxy's X-Request-ID when it is a short token (nginx's $request_id, a UUID), a new
+    one otherwise: a client controls the header, so nothing else reaches the log."""
+    sent = ["0f3a9c", "3f2b8c1e-7d4a-4e0b-9a51-1f2e3d4c5b6a", "a" * 129, "x y", "id\u00e9"]
+    with caplog.at_level(logging.INFO, logger="verydeep.access"):
+        answers = [client.get("/healthz", headers={"X-Request-ID": rid}) for rid in sent[:4]]
+        answers.append(client.get("/healthz", headers={"X-Request-ID": sent[4].encode()}))
+        answers += [client.get("/healthz"), client.get("/nowhere")]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert ids[:2] == sent[:2]
+    for generated in ids[2:]:
+        assert len(generated) == 32 and int(generated, 16) >= 0
+    assert len(set(ids)) == len(ids)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "verydeep.access"]
+    assert [line["request_id"] for line in lines] == ids
+
+
 @pytest.mark.parametrize("background", [True, False])
 def test_background_and_foreground_load(service_store: ModelStore, background: bool) -> None:
     settings = settings_for(service_store.root, warmup=False, background_load=background)

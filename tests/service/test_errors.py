@@ -319,5 +319,11 @@ def test_unexpected_failure_is_a_bare_500(
     app = create_app(registry.settings, registry=registry)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = post_raw(client, png)
+        traced = client.post(
+            "/classify", content=png, headers={"content-type": "image/png", "x-request-id": "r-7"}
+        )
     error = assert_error(response, 500, "internal_error")
     assert "secret" not in error["message"]
+    # Answered from outside the access log's middleware, still with the request's ID.
+    assert len(response.headers["x-request-id"]) == 32
+    assert traced.status_code == 500 and traced.headers["x-request-id"] == "r-7"

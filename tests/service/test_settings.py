@@ -25,6 +25,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.max_scale, s.max_concurrency) == (1024, 2)
     assert s.max_batch_pixels == 8 * 1024 * 1024 and s.shutdown_timeout == 20.0
     assert s.api_key is None and s.cors_origins == []
+    assert s.forwarded_allow_ips == ["127.0.0.1", "::1"]
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,6 +41,10 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(port=9100).port == 9100  # arguments override the environment
     monkeypatch.setenv("VERYDEEP_DEFAULT_MODEL", "")
     assert Settings().default_model is None
+    monkeypatch.setenv("VERYDEEP_FORWARDED_ALLOW_IPS", " 10.0.0.0/8, 192.168.1.5,fd00::/8 ")
+    assert Settings().forwarded_allow_ips == ["10.0.0.0/8", "192.168.1.5", "fd00::/8"]
+    monkeypatch.setenv("VERYDEEP_FORWARDED_ALLOW_IPS", "*")
+    assert Settings().forwarded_allow_ips == ["*"]
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,8 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "70000"),
         ("CPU_PARALLEL_RUNS", "0"),
         ("CPU_MEM_ARENA", "maybe"),
+        ("FORWARDED_ALLOW_IPS", "proxy.internal"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -90,6 +97,6 @@ def test_every_setting_is_documented_with_its_default(monkeypatch: pytest.Monkey
         elif isinstance(value, int | float):
             assert float(cell) == value, name
         elif isinstance(value, list):
-            assert value == [] and cell == "empty", name
+            assert cell == (",".join(value) or "empty"), name
         else:
             assert cell == str(value) or Path(cell) == value, name

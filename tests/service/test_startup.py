@@ -137,6 +137,12 @@ def test_port_lost_after_the_check_is_no_loading_error(
         ),
         (["--port", "70000"], {}, "  --port: 70000 out of range; it must be at most 65535"),
         ([], {"VERYDEEP_DEVICE": "tpu"}, "  VERYDEEP_DEVICE: 'tpu' is not one of auto, cuda, cpu"),
+        (
+            [],
+            {"VERYDEEP_FORWARDED_ALLOW_IPS": "10.0.0.1,proxy.internal"},
+            "  VERYDEEP_FORWARDED_ALLOW_IPS: 'proxy.internal' is not an IP address or network: "
+            "use 10.0.0.5, 10.0.0.0/8 or '*'",
+        ),
     ],
 )
 def test_bad_setting_is_named_as_the_user_typed_it(

@@ -183,6 +183,8 @@ def test_cors_allows_the_configured_origins(registry: Registry, png: bytes) -> N
             headers={"Origin": ORIGIN, "X-API-Key": KEY, "content-type": "image/png"},
         )
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ORIGIN
+        exposed = ok.headers["access-control-expose-headers"].lower().split(", ")
+        assert {"retry-after", "x-request-id"} <= set(exposed)
         # A 401 still carries CORS headers, so the page can read why.
         denied = client.get("/models", headers={"Origin": ORIGIN})
         assert denied.status_code == 401

@@ -417,6 +417,30 @@ def test_head_sends_headers_only_and_keeps_the_connection(server: Server) -> Non
         sock.close()
 
 
+def access_lines(server: Server) -> list[dict]:
+    return [json.loads(line.split("verydeep.access: ", 1)[1]) for line in
+            server.log().splitlines() if "verydeep.access: " in line]  # fmt: skip
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.1", "10.9.9.9"])
+def test_the_client_a_trusted_proxy_names_is_logged(
+    service_store: ModelStore, tmp_path: Path, trusted: str
+) -> None:
+    """VERYDEEP_FORWARDED_ALLOW_IPS reaches uvicorn: X-Forwarded-For from a trusted address
+    (this test's 127.0.0.1) names the client, from any other it is ignored; the request ID the
+    proxy sent is logged and answered."""
+    with server_for(service_store.root, tmp_path / "serve.log", FORWARDED_ALLOW_IPS=trusted) as s:
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "nginx-5f1d"}
+        answer = httpx.get(f"{s.url}/healthz", headers=headers)
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "nginx-5f1d"
+        deadline = time.monotonic() + 10
+        while not access_lines(s):
+            assert time.monotonic() < deadline, s.log()[-2000:]
+            time.sleep(0.05)
+    (line,) = [line for line in access_lines(s) if line["request_id"] == "nginx-5f1d"]
+    assert line["client"] == ("203.0.113.7" if trusted == "127.0.0.1" else "127.0.0.1")
+
+
 def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(
     service_store: ModelStore, tmp_path: Path
 ) -> None:
