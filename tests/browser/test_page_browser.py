@@ -9,6 +9,7 @@ with ``VERYDEEP_API_KEY`` set the page asks for the key and sends it.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from bench.server import Server
 from tests.browser.conftest import API_KEY
 
 NOT_AN_IMAGE = b"These are notes, not an image.\n"
+CLASSIFY = re.compile(r"/classify\?")
 
 PAINTED = """() => {
   const canvas = document.getElementById("heatmap");
@@ -158,6 +160,32 @@ def test_the_apis_error_messages_are_shown_as_they_are(
     expect(page.locator("#error-code")).to_have_text("422 invalid_parameter:")
     expect(page.locator("#answer")).to_be_hidden()
     assert painted(page)["painted"] == 0
+
+
+def test_a_failure_of_the_service_shows_its_request_id(
+    page: Page, server: Server, star: Path
+) -> None:
+    """A 5xx shows the X-Request-ID the service logged it under (the service's own 500 is the
+    one answer no upload provokes, so the browser is given one); a 4xx shows none."""
+    load(page, server)
+    failed = '{"error": {"code": "internal_error", "message": "internal server error"}}'
+    page.route(
+        CLASSIFY,
+        lambda route: route.fulfill(
+            status=500,
+            body=failed,
+            headers={"content-type": "application/json", "x-request-id": "5f1d0c9a"},
+        ),
+    )
+    page.set_input_files("#file", str(star))
+    expect(page.locator("#error-code")).to_have_text("500 internal_error:")
+    expect(page.locator("#error-message")).to_have_text("internal server error")
+    expect(page.locator("#error-request")).to_have_text("(request 5f1d0c9a)")
+    page.unroute(CLASSIFY)
+    page.fill("#scales", "100")
+    page.click("#run")
+    expect(page.locator("#error-code")).to_have_text("422 invalid_parameter:")
+    expect(page.locator("#error-request")).to_be_hidden()
 
 
 def test_a_pasted_image_with_multicrop_gets_predictions_without_a_map(

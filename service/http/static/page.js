@@ -42,10 +42,11 @@ const $ = (id) => document.getElementById(id);
 /* ---- The API ---- */
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, requestId = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.requestId = requestId;
   }
 }
 
@@ -61,6 +62,8 @@ async function api(path, options = {}) {
     throw new ApiError(0, "network_error", `the service could not be reached (${err.message})`);
   }
   const text = await response.text();
+  // The ID the service logged the request under (docs/serving.md, the access log).
+  const requestId = response.headers.get("X-Request-ID");
   let body = null;
   try {
     body = JSON.parse(text);
@@ -69,10 +72,10 @@ async function api(path, options = {}) {
   }
   if (response.ok && body !== null) return body;
   if (body && body.error && typeof body.error.message === "string") {
-    throw new ApiError(response.status, body.error.code, body.error.message);
+    throw new ApiError(response.status, body.error.code, body.error.message, requestId);
   }
   const message = text.trim().slice(0, 500) || response.statusText || "no answer";
-  throw new ApiError(response.status, `HTTP ${response.status}`, message);
+  throw new ApiError(response.status, `HTTP ${response.status}`, message, requestId);
 }
 
 /* ---- The API key ---- */
@@ -713,6 +716,10 @@ function setStatus(text) {
 function showError(err) {
   $("error-code").textContent = err.status ? `${err.status} ${err.code}:` : `${err.code}:`;
   $("error-message").textContent = err.message;
+  // A failure of the service's own (5xx) is for its operator: the ID finds its log lines.
+  const traced = err.status >= 500 && err.requestId;
+  $("error-request").textContent = traced ? `(request ${err.requestId})` : "";
+  $("error-request").hidden = !traced;
   $("error").hidden = false;
 }
 
