@@ -62,6 +62,35 @@ def _wait_serving(container: str, timeout: float = 30) -> float:
     return time.monotonic() - start
 
 
+def test_replicas_log_the_client_and_the_request_id_nginx_passes(
+    scaled: eng.Stack, star: bytes
+) -> None:
+    """The replicas believe nginx's X-Forwarded-For (VERYDEEP_FORWARDED_ALLOW_IPS=* in the scale
+    file): the logged client is this test's address as nginx saw it, not nginx's own; the
+    X-Request-ID the client gets back is the one the replica logged (docs/deployment.md)."""
+    status, headers, body = eng.request(scaled.url("proxy"), "POST", PATH, star)
+    assert status == 200, body
+    rid = {k.lower(): v for k, v in headers.items()}["x-request-id"]
+    assert len(rid) == 32 and int(rid, 16) >= 0  # nginx's $request_id
+    (proxy,) = scaled.containers("proxy")
+    networks = eng.inspect(proxy)["NetworkSettings"]["Networks"].values()
+    nginx_addresses = {n["IPAddress"] for n in networks}
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            json.loads(line.split("verydeep.access: ", 1)[1])
+            for line in scaled.logs("verydeep").splitlines()
+            if "verydeep.access: " in line and rid in line
+        ]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    (line,) = lines
+    assert line["route"] == "/classify" and line["status"] == 200
+    assert line["client"] and line["client"] not in nginx_addresses, (line, nginx_addresses)
+    eng.FIGURES["client logged behind nginx"] = f"{line['client']} (nginx {nginx_addresses})"
+
+
 def test_stop_kill_restart_and_scale_lose_no_request(scaled: eng.Stack, star: bytes) -> None:
     address = scaled.url("proxy")
     first, second, third = scaled.containers()
