@@ -14,6 +14,7 @@ carrying the end of its log. The tests' defaults are ``tests.service.helpers.ser
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,18 @@ POLL_S = 0.05
 """Interval of the /readyz polls: fine enough for cold starts of seconds, light on the server."""
 LOG_TAIL = 3000
 """Characters of the server's log that an error about its start quotes."""
+
+
+ACCESS_LOGGER = "verydeep.access: "
+
+
+def access_lines(log: str) -> list[dict]:
+    """The access log's JSON lines in a server's output (``Server.log()``, ``docker logs``)."""
+    return [
+        json.loads(line.split(ACCESS_LOGGER, 1)[1])
+        for line in log.splitlines()
+        if ACCESS_LOGGER in line
+    ]
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from model_store.imaging import ImageError
 from model_store.scales import quoted
 from service.core.errors import InvalidParameter, OutOfMemory, ServiceError
-from service.http.access_log import REQUEST_ID
+from service.http.access_log import REQUEST_ID, REQUEST_ID_HEADER
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
         rid = getattr(request.state, REQUEST_ID, None)
         path = request.url.path
         log.exception("unhandled error on %s %s (request %s)", request.method, path, rid)
-        headers = {"X-Request-ID": rid} if rid else None
+        headers = {REQUEST_ID_HEADER.decode(): rid} if rid else None
         return error_response(500, "internal_error", "internal server error", headers)
 
     app.add_exception_handler(ServiceError, refusal)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.server import access_lines
 from tests.deploy import engine as eng
 from tests.deploy.support import COMPOSE, COMPOSE_CPU, COMPOSE_SCALE
 
@@ -77,11 +78,7 @@ def test_replicas_log_the_client_and_the_request_id_nginx_passes(
     nginx_addresses = {n["IPAddress"] for n in networks}
     deadline = time.monotonic() + 10
     while True:
-        lines = [
-            json.loads(line.split("verydeep.access: ", 1)[1])
-            for line in scaled.logs("verydeep").splitlines()
-            if "verydeep.access: " in line and rid in line
-        ]
+        lines = [ln for ln in access_lines(scaled.logs("verydeep")) if ln.get("request_id") == rid]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.server import Server
+from bench.server import Server, access_lines
 from model_store import ModelStore
 from tests.service.helpers import encode, sample_image, server_for
 from tests.service.reliability.corpus import corpus
@@ -187,8 +187,12 @@ def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
     return sock
 
 
-def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of one HTTP/1.1 response (Content-Length bodies)."""
+def read_response(
+    sock: socket.socket, timeout: float = 10, *, with_body: bool = True
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one HTTP/1.1 response (Content-Length bodies); without the
+    body for the answer to a HEAD, whose Content-Length is the GET's (the bytes returned are then
+    what arrived after the headers)."""
     sock.settimeout(timeout)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -201,7 +205,7 @@ def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[s
     headers = {
         k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
     }
-    length = int(headers.get("content-length", 0))
+    length = int(headers.get("content-length", 0)) if with_body else 0
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -400,26 +404,15 @@ def test_head_sends_headers_only_and_keeps_the_connection(server: Server) -> Non
     the GET that follows on the same connection reads its own answer, not left-over bytes."""
     sock = raw_request(server.port, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
-        sock.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        assert b"content-length: 15" in head.lower() and rest == b""
+        status, headers, rest = read_response(sock, with_body=False)
+        assert status == 200, headers
+        assert headers["content-length"] == "15" and rest == b""
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, body = read_response(sock)
         assert (status, json.loads(body)) == (200, {"status": "ok"})
         assert headers["content-length"] == "15"
     finally:
         sock.close()
-
-
-def access_lines(server: Server) -> list[dict]:
-    return [json.loads(line.split("verydeep.access: ", 1)[1]) for line in
-            server.log().splitlines() if "verydeep.access: " in line]  # fmt: skip
 
 
 @pytest.mark.parametrize("trusted", ["127.0.0.1", "10.9.9.9"])
@@ -434,10 +427,10 @@ def test_the_client_a_trusted_proxy_names_is_logged(
         answer = httpx.get(f"{s.url}/healthz", headers=headers)
         assert answer.status_code == 200 and answer.headers["x-request-id"] == "nginx-5f1d"
         deadline = time.monotonic() + 10
-        while not access_lines(s):
+        while not access_lines(s.log()):
             assert time.monotonic() < deadline, s.log()[-2000:]
             time.sleep(0.05)
-    (line,) = [line for line in access_lines(s) if line["request_id"] == "nginx-5f1d"]
+    (line,) = [line for line in access_lines(s.log()) if line["request_id"] == "nginx-5f1d"]
     assert line["client"] == ("203.0.113.7" if trusted == "127.0.0.1" else "127.0.0.1")
 
 
