@@ -2,7 +2,7 @@
 [--models vgg16,vgg19] [--stream-scales default,256,...] [--stream-levels 1,4,...]
 [--stream-requests N] [--stream-ensemble]``: run the benchmarks, print the table, write
 ``<out>/<date>-<machine>.json`` (``<date>-<machine>[-cuda-fp32|-cuda-fp16|-fp16][-full].json``)
-and the table as Markdown beside it.
+and the table as Markdown and its picture (``bench/plot.py``, PNG) beside it.
 
 ``--device cuda`` runs the GPU suite: the server, the bare peers and torch eager on the GPU, plus
 batched views and images/s and GPU memory by scale; JPEG decoding (CPU work, the same in both
@@ -246,7 +246,23 @@ def run(names: list[str], ctx: Context, out: Path, command: str) -> tuple[list[F
     name += "" if ctx.mode.quick else f"-{ctx.mode.name}"
     path = write_json(document, out, started_at.strftime("%Y-%m-%d"), name)
     path.with_suffix(".md").write_text(markdown_table(figures) + "\n")
+    picture(document, path.with_suffix(".png"))
     return figures, document, path
+
+
+def picture(document: dict, path: Path) -> None:
+    """Draw the results beside them (``bench/plot.py``). Without matplotlib (the GPU machines
+    have none) or when drawing fails, the run's results stand and the log says how to draw them
+    later."""
+    try:
+        from bench import plot
+
+        plot.draw(document, path)
+    except Exception as err:  # a picture is not worth a run's results
+        log.warning(
+            "picture not drawn (%s: %s); python -m bench.plot %s draws it",
+            type(err).__name__, err, path.with_suffix(".json"),
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

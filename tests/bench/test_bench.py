@@ -258,6 +258,7 @@ def test_smoke_coldstart_full_mode_adds_the_server_without_cpu_arena(
 def test_run_writes_results(tiny_ctx: Context, tmp_path: Path) -> None:
     figures, document, path = bench_run.run(["engine"], tiny_ctx, tmp_path, "test")
     assert path.exists() and path.with_suffix(".md").exists()
+    assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert document["failed"] == [] and document["figures"][0]["benchmark"] == "engine"
     assert document["machine"]["threads"]["onnxruntime_intra_op_threads_setting"] == 1
 
