@@ -29,12 +29,16 @@ class Metrics:
         )
         self.latency = Histogram(
             "verydeep_classify_seconds",
-            "Latency of successful /classify requests by phase: waiting for a slot, decoding, "
-            "inference (rescaling and networks), and total",
+            "Latency of successful /classify, /features and /localize requests by phase: "
+            "waiting for a slot, decoding, inference (rescaling and networks), and total",
             ["phase"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Every phase's series exists from the start at 0, so that a dashboard's rate() and a
+        # scrape before the first request see the metric rather than no data.
+        for phase in PHASES:
+            self.latency.labels(phase)
         self.views = Counter(
             "verydeep_views",
             "Network evaluations (views) computed, by model",
@@ -68,6 +72,9 @@ class Metrics:
         self.registry.register(_NetworkCollector(engines))
 
     def observe_phases(self, **seconds: float) -> None:
+        """One observation per phase of ``PHASES``, each given in seconds."""
+        if set(seconds) != set(PHASES):
+            raise ValueError(f"phases must be {', '.join(PHASES)}, not {', '.join(seconds)}")
         for phase, value in seconds.items():
             self.latency.labels(phase).observe(value)
 

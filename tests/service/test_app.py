@@ -61,6 +61,10 @@ def test_broken_entries_at_start_up(tiny_store: ModelStore, make_entry: Callable
 
 def test_metrics_count_requests_phases_and_views(make_client: Callable, png: bytes) -> None:
     client = make_client()
+    for phase in ("queue", "decode", "inference", "total"):  # there before the first request
+        assert (
+            f'verydeep_classify_seconds_count{{phase="{phase}"}} 0.0' in client.get("/metrics").text
+        )
     assert post_raw(client, png, model="tiny-de", scales="224").status_code == 200
     assert post_raw(client, png, model="nope").status_code == 404
     client.get("/nowhere/at/all")
@@ -140,3 +144,14 @@ def test_background_and_foreground_load(service_store: ModelStore, background: b
         else:
             assert client.get("/readyz").status_code == 200
         assert client.get("/readyz").json()["models"] == ["tiny-a-bgr", "tiny-d", "tiny-e"]
+
+
+def test_latency_is_observed_for_every_phase_or_none() -> None:
+    from service.http.metrics import PHASES, Metrics
+
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="phases must be queue, decode, inference, total"):
+        metrics.observe_phases(queue=0.1, decode=0.2)
+    metrics.observe_phases(**dict.fromkeys(PHASES, 0.5))
+    text = metrics.render().decode()
+    assert all(f'verydeep_classify_seconds_count{{phase="{p}"}} 1.0' in text for p in PHASES)
