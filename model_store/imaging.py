@@ -213,11 +213,13 @@ def check_shape(width: int, height: int, limits: ImageLimits) -> None:
 
 
 def to_rgb(im: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB. Alpha is composited over ``background``; 16-bit grey is
-    scaled to 8 bits rather than clipped as ``convert`` would."""
+    """Any Pillow mode to 8-bit RGB. Alpha is composited over ``background``; 16-bit grey (PNG,
+    TIFF, PGM) is scaled to 8 bits rather than clipped as ``convert`` would; other 32-bit integer
+    and float pixels are clipped to 0..255."""
     if im.mode == "RGB":
         return im
-    if im.mode in _SIXTEEN_BIT_MODES:
+    if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and im.format == "PPM"):
+        # Pillow opens a 16-bit PGM as 32-bit "I" holding 0..65535: 16-bit grey all the same.
         grey = np.asarray(im).astype(np.float32) / 257.0
         return Image.fromarray(np.round(grey).astype(np.uint8), mode="L").convert("RGB")
     if im.mode in ("I", "F"):

@@ -164,11 +164,23 @@ def test_every_mode_becomes_8_bit_rgb(mode: str) -> None:
     assert rgb.mode == "RGB" and rgb.size == (32, 24)
 
 
-def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "PPM"])
+def test_sixteen_bit_grey_is_scaled_not_clipped(fmt: str) -> None:
+    """A 16-bit PGM opens as mode I, 16-bit PNG and TIFF as I;16: all three scale alike."""
     grey = np.linspace(0, 65535, 32 * 24).reshape(24, 32).astype(np.uint16)
-    decoded = decode(encode(Image.fromarray(grey)))
-    assert np.asarray(decoded.image)[..., 0].max() == 255
-    assert np.asarray(decoded.image)[..., 0].mean() == pytest.approx(127.5, abs=1)
+    decoded = decode(encode(Image.fromarray(grey), fmt))
+    pixels = np.asarray(decoded.image)
+    expected = np.round(grey.astype(np.float32) / 257.0).astype(np.uint8)
+    assert decoded.format == fmt and pixels.shape == (24, 32, 3)
+    assert np.array_equal(pixels[..., 0], expected) and np.array_equal(pixels[..., 2], expected)
+    assert pixels[..., 0].max() == 255 and pixels[..., 0].mean() == pytest.approx(127.5, abs=1)
+
+
+def test_thirty_two_bit_integers_are_clipped_not_scaled() -> None:
+    """Mode I from another format than PGM has no known range: values above 255 are white."""
+    values = np.array([[-5, 0, 100, 255, 256, 70000]], dtype=np.int32)
+    rgb = to_rgb(Image.fromarray(values, mode="I"))
+    assert np.asarray(rgb)[0, :, 0].tolist() == [0, 0, 100, 255, 255, 255]
 
 
 @pytest.mark.parametrize(
