@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -15,7 +15,7 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class Metrics:
-    """Requests by route and status, /classify latency by phase, views computed per model."""
+    """Requests by route and status, latency by phase, views computed per model."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -70,6 +70,15 @@ class Metrics:
         ``verydeep_session_shape_changes_total`` and ``verydeep_sessions`` per model from the
         engines' own counts, read at every scrape."""
         self.registry.register(_NetworkCollector(engines))
+
+    def serving(self, models: Iterable[str], ready: bool) -> None:
+        """What a scrape reads of the registry: the models loaded, each with its
+        ``verydeep_views_total`` series (0 until its first request), and readiness."""
+        names = list(models)
+        for name in names:
+            self.views.labels(name)
+        self.models_loaded.set(len(names))
+        self.ready.set(1 if ready else 0)
 
     def observe_phases(self, **seconds: float) -> None:
         """One observation per phase of ``PHASES``, each given in seconds."""

@@ -362,8 +362,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     service = _service(request)
     m = service.metrics
-    m.models_loaded.set(len(service.registry.models))
-    m.ready.set(1 if service.registry.ready else 0)
+    m.serving(service.registry.models, service.registry.ready)
     return Response(m.render(), media_type=m.content_type)
 
 

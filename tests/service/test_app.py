@@ -61,10 +61,13 @@ def test_broken_entries_at_start_up(tiny_store: ModelStore, make_entry: Callable
 
 def test_metrics_count_requests_phases_and_views(make_client: Callable, png: bytes) -> None:
     client = make_client()
-    for phase in ("queue", "decode", "inference", "total"):  # there before the first request
-        assert (
-            f'verydeep_classify_seconds_count{{phase="{phase}"}} 0.0' in client.get("/metrics").text
-        )
+    first = client.get("/metrics").text  # every series is there before the first request
+    for phase in ("queue", "decode", "inference", "total"):
+        assert f'verydeep_classify_seconds_count{{phase="{phase}"}} 0.0' in first
+    served = [m["name"] for m in client.get("/models").json()["models"]]
+    assert {"tiny-d", "tiny-e"} <= set(served)
+    for model in served:
+        assert f'verydeep_views_total{{model="{model}"}} 0.0' in first
     assert post_raw(client, png, model="tiny-de", scales="224").status_code == 200
     assert post_raw(client, png, model="nope").status_code == 404
     client.get("/nowhere/at/all")
