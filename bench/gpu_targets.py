@@ -13,7 +13,8 @@ configuration (the ``VERYDEEP_*`` settings a run's server had) and per export:
 4. ``overhead``: ``/classify`` of one dense view at most 1.5 times the bare call.
 
 Ensemble runs (``--stream-ensemble``) are reported beside them but are not targets. The table
-goes to standard output (Markdown) and, with ``--out``, to a file.
+goes to standard output (Markdown) and, with ``--out``, to a file; ``--png`` draws it as
+``bench/plot.py`` draws a run's targets.
 """
 
 from __future__ import annotations
@@ -172,10 +173,40 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def picture(rows: list[Row], root: Path, path: Path) -> Path:
+    """The targets as ``bench/plot.py`` draws a run's: each row's value over its goal on a log
+    axis, 1 the line between PASS and MISS (an ensemble's rows grey, as information)."""
+    from bench.plot import TargetRow, draw_targets
+
+    ordered = sorted(rows, key=lambda r: (r.target, r.config, r.dtype))
+    bars = [
+        TargetRow(
+            label=_short(f"{r.target}: {r.dtype}, {r.config} ({_stem(r.source)})"),
+            ratio=r.value,
+            target=f">= {r.goal:.3g}",
+            headroom=r.value / r.goal,
+            status="INFO" if "ensemble" in r.target else r.verdict,
+        )
+        for r in ordered
+    ]
+    return draw_targets(bars, f"GPU targets of {root.name}/ (docs/gpu.md)", path)
+
+
+def _stem(source: str) -> str:
+    """The first result file of a row's source, without folder and suffix."""
+    first, *more = source.split(", ")
+    return Path(first).stem + (f" +{len(more)}" if more else "")
+
+
+def _short(label: str, chars: int = 64) -> str:
+    return label if len(label) <= chars else label[: chars - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="folder of bench.run results (searched deep)")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--png", type=Path, help="also draw the targets here (needs matplotlib)")
     args = parser.parse_args(argv)
     rows = collect(args.results)
     if not rows:
@@ -185,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table, end="")
     if args.out:
         args.out.write_text(table)
+    if args.png:
+        print(picture(rows, args.results, args.png))
     return 0
 
 

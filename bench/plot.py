@@ -126,22 +126,38 @@ def title(document: dict[str, Any]) -> str:
 
 def draw(document: dict[str, Any], path: Path) -> Path:
     """Write the picture of ``document`` to ``path`` (PNG)."""
+    targets, stream = target_rows(document), stream_rows(document)
+    panels = 2 if targets and stream else 1
+    fig, axes = _figure(panels, len(targets))
+    if targets or not stream:
+        _draw_targets(axes[0], targets)
+    if stream:
+        _draw_stream(axes[-1], stream)
+    return _save(fig, title(document), path)
+
+
+def draw_targets(rows: list[TargetRow], heading: str, path: Path) -> Path:
+    """Write the headroom panel alone for ``rows`` (``bench/gpu_targets.py --png``)."""
+    fig, axes = _figure(1, len(rows))
+    _draw_targets(axes[0], rows)
+    return _save(fig, heading, path)
+
+
+def _figure(panels: int, rows: int) -> tuple[Any, list[Any]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    targets, stream = target_rows(document), stream_rows(document)
-    panels = [p for p in (targets, stream) if p] or [targets]
-    height = max(3.0, 0.45 * max(len(targets), 4) + 1.5)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(7.5 * len(panels) + 1.5, height), squeeze=False
-    )
-    if targets or not stream:
-        _draw_targets(axes[0][0], targets)
-    if stream:
-        _draw_stream(axes[0][-1], stream)
-    fig.suptitle(title(document), fontsize=10)
+    height = max(3.0, 0.45 * max(rows, 4) + 1.5)
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels + 1.5, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(fig: Any, heading: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -134,3 +134,36 @@ def test_the_mixed_row_says_the_shape_changes_per_call(tmp_path: Path) -> None:
     write_run(tmp_path / "pool4" / "a-cuda-fp32.json", levels=[worst])
     (mixed,) = rows_by(gpu_targets.collect(tmp_path), "mixed")
     assert "8 clients: 40.0 img/s, 0.59 shape changes/call" in mixed.what
+
+
+def test_the_targets_are_drawn_as_headroom_with_ensembles_grey(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import plot
+
+    results = tmp_path / "results"
+    write_run(results / "a-cuda-fp32.json", levels=[level("default", 8, 95.0, 100.0, 40.0)])
+    write_run(results / "e-cuda-fp32.json", model="vgg16,vgg19",
+              levels=[level("default", 8, 50.0, 100.0, 5.0)])  # fmt: skip
+    drawn: list = []
+    real = plot.draw_targets
+
+    def spy(rows: list, heading: str, path: Path) -> Path:
+        drawn.append((rows, heading))
+        return real(rows, heading, path)
+
+    monkeypatch.setattr(plot, "draw_targets", spy)
+    png = tmp_path / "targets.png"
+    assert gpu_targets.main([str(results), "--png", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.endswith(f"{png}\n")
+    ((rows, heading),) = drawn
+    assert heading == "GPU targets of results/ (docs/gpu.md)"
+    by_label = {r.label: r for r in rows}
+    mixed = by_label["mixed: float32, defaults (a-cuda-fp32)"]
+    assert mixed.headroom == pytest.approx(0.95 / 0.9) and mixed.status == "PASS"
+    bare = by_label[
+        "bare: float32, defaults (a-cuda-fp32)"
+    ]  # 40 img/s against 100 / (95 / 40) = 42.1
+    assert bare.headroom == pytest.approx((40.0 / (100.0 / (95.0 / 40.0))) / 0.5)
+    assert by_label["mixed (ensemble): float32, defaults (e-cuda-fp32)"].status == "INFO"
+    assert [r.target for r in rows] == [">= 0.5", ">= 0.5", ">= 0.9", ">= 0.9"]
