@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {document['load']['before']['loadavg_1_5_15']} -> "
         f"{document['load']['after']['loadavg_1_5_15']}; results: {path}"
     )
+    if path.with_suffix(".png").exists():
+        print(f"picture: {path.with_suffix('.png')}")
     if document["failed"]:
         print(f"benchmarks that could not run: {', '.join(document['failed'])}", file=sys.stderr)
         return 1
