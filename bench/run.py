@@ -254,6 +254,7 @@ def picture(document: dict, path: Path) -> None:
     """Draw the results beside them (``bench/plot.py``). Without matplotlib (the GPU machines
     have none) or when drawing fails, the run's results stand and the log says how to draw them
     later."""
+    path.unlink(missing_ok=True)  # no earlier run's picture beside these results
     try:
         from bench import plot
 

@@ -187,6 +187,7 @@ def test_a_run_keeps_its_results_when_the_picture_fails(
 
     monkeypatch.setattr(plot, "draw", no_matplotlib)
     path = tmp_path / "r.png"
+    path.write_bytes(b"an earlier run's picture")
     with caplog.at_level(logging.WARNING, logger="bench"):
         bench_run.picture(_document(), path)
     assert not path.exists()
