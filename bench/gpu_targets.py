@@ -161,12 +161,17 @@ def collect(root: Path) -> list[Row]:
     return rows + fp16_rows(runs)
 
 
+def ordered(rows: list[Row]) -> list[Row]:
+    """The table's and the picture's order: by target, configuration and export."""
+    return sorted(rows, key=lambda r: (r.target, r.config, r.dtype))
+
+
 def markdown(rows: list[Row]) -> str:
     lines = [
         "| target | configuration | export | figure | value | goal | verdict | run |",
         "|---|---|---|---|---:|---:|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r.target, r.config, r.dtype)):
+    for r in ordered(rows):
         verdict = "info" if "ensemble" in r.target else r.verdict
         lines.append(f"| {r.target} | {r.config} | {r.dtype} | {r.what} | {r.value:.3f} | "
                      f">= {r.goal:.3f} | {verdict} | {r.source} |")  # fmt: skip
@@ -176,18 +181,17 @@ def markdown(rows: list[Row]) -> str:
 def picture(rows: list[Row], root: Path, path: Path) -> Path:
     """The targets as ``bench/plot.py`` draws a run's: each row's value over its goal on a log
     axis, 1 the line between PASS and MISS (an ensemble's rows grey, as information)."""
-    from bench.plot import TargetRow, draw_targets
+    from bench.plot import TargetRow, draw_targets, shorten
 
-    ordered = sorted(rows, key=lambda r: (r.target, r.config, r.dtype))
     bars = [
         TargetRow(
-            label=_short(f"{r.target}: {r.dtype}, {r.config} ({_stem(r.source)})"),
+            label=shorten(f"{r.target}: {r.dtype}, {r.config} ({_stem(r.source)})", 64),
             ratio=r.value,
             target=f">= {r.goal:.3g}",
             headroom=r.value / r.goal,
             status="INFO" if "ensemble" in r.target else r.verdict,
         )
-        for r in ordered
+        for r in ordered(rows)
     ]
     return draw_targets(bars, f"GPU targets of {root.name}/ (docs/gpu.md)", path)
 
@@ -196,10 +200,6 @@ def _stem(source: str) -> str:
     """The first result file of a row's source, without folder and suffix."""
     first, *more = source.split(", ")
     return Path(first).stem + (f" +{len(more)}" if more else "")
-
-
-def _short(label: str, chars: int = 64) -> str:
-    return label if len(label) <= chars else label[: chars - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,11 @@ def headroom(ratio: float, op: str, value: float) -> float:
     return ratio / value if op.startswith(">") else value / ratio
 
 
+def shorten(label: str, chars: int = LABEL_CHARS) -> str:
+    """A bar's label cut to ``chars`` so that the panel keeps its width."""
+    return label if len(label) <= chars else label[: chars - 3] + "..."
+
+
 def target_rows(document: dict[str, Any]) -> list[TargetRow]:
     """The figures with a target, in the run's order."""
     out = []
@@ -71,12 +76,9 @@ def target_rows(document: dict[str, Any]) -> list[TargetRow]:
         if not target:
             continue
         ratio = math.nan if f.get("ratio") is None else float(f["ratio"])
-        label = f"{f['benchmark']}: {f['label']}"
-        if len(label) > LABEL_CHARS:
-            label = label[: LABEL_CHARS - 3] + "..."
         out.append(
             TargetRow(
-                label=label,
+                label=shorten(f"{f['benchmark']}: {f['label']}"),
                 ratio=ratio,
                 target=f"{target['op']} {target['value']:g}",
                 headroom=headroom(ratio, target["op"], float(target["value"])),
